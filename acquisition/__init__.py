@@ -1,0 +1,51 @@
+"""Acquisition: score candidate pairs for novelty and uncertainty and select a batch to annotate.
+
+Plain numpy arrays in and out. `select_batch(name, pool, k, rng, model=...)` is the entry point;
+importing this package registers the built-in strategies (random, novelty, uncertainty, hybrid,
+stochastic).
+"""
+
+from acquisition import strategies as _strategies  # noqa: F401  (registers the built-in strategies)
+from acquisition.pool import CandidatePool, Selection
+from acquisition.registry import (
+    Strategy,
+    get_strategy,
+    register_strategy,
+    select_batch,
+    strategy_names,
+)
+from acquisition.scores import (
+    bald,
+    distance_to_seen,
+    information_gain,
+    pair_novelty,
+    pair_uncertainty,
+    predictive_entropy,
+    scale_by_rank,
+    within_prompt_rarity,
+)
+from acquisition.selectors import k_center_greedy, sample_by_score, select_diverse, select_top_k
+from acquisition.strategies import DEFAULT_STRATEGY
+
+__all__ = [
+    "DEFAULT_STRATEGY",
+    "CandidatePool",
+    "Selection",
+    "Strategy",
+    "bald",
+    "distance_to_seen",
+    "get_strategy",
+    "information_gain",
+    "k_center_greedy",
+    "pair_novelty",
+    "pair_uncertainty",
+    "predictive_entropy",
+    "register_strategy",
+    "sample_by_score",
+    "scale_by_rank",
+    "select_batch",
+    "select_diverse",
+    "select_top_k",
+    "strategy_names",
+    "within_prompt_rarity",
+]

@@ -1,0 +1,165 @@
+"""The workspace: one folder holding everything prefscout stores for a collection.
+
+Layout::
+
+    <workspace>/config.json            settings (embedding model, round and export defaults)
+    <workspace>/prefscout.sqlite3      the store: prompts, responses, embedding cache, rounds, pairs, votes
+    <workspace>/index/responses.faiss  FAISS index of response embeddings, keyed by response row id
+    <workspace>/index/prompts.faiss    FAISS index of prompt embeddings, keyed by prompt row id
+    <workspace>/labelstudio/           the local Label Studio server's data dir, credentials and log
+    <workspace>/exports/               exports written without `--out`
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError
+
+WORKSPACE_ENV = "PREFSCOUT_WORKSPACE"
+DEFAULT_WORKSPACE = "prefscout-workspace"
+
+
+@dataclass
+class EmbeddingSettings:
+    model: str | None = None  # None: the default model (all-MiniLM-L6-v2, shipped offline)
+    truncate: bool = False  # embed only the first window of a long response
+    max_windows: int = 64  # windows embedded per response before head and tail are kept
+
+
+@dataclass
+class RoundSettings:
+    strategy: str = "hybrid"
+    max_pairs_per_prompt: int = 2  # pairs of one prompt in one round's batch
+
+
+@dataclass
+class LabelStudioSettings:
+    port: int = 8080  # first port tried by `prefscout labelstudio start`
+    project_title: str = "prefscout pairwise preferences"
+    maximum_annotations: int = 3  # annotators asked per task
+    batch_size: int = 500  # tasks per import request
+
+
+@dataclass
+class ExportSettings:
+    max_pairs_per_prompt: int = 4  # cap that keeps prompts with many pairs from dominating
+    test_fraction: float = 0.1  # share of prompts put in the test split
+    min_votes: int = 1  # non-skip votes a pair needs
+    min_agreement: float = 0.5  # share of votes the majority outcome needs (strictly more than half)
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
+    round: RoundSettings = field(default_factory=RoundSettings)
+    labelstudio: LabelStudioSettings = field(default_factory=LabelStudioSettings)
+    export: ExportSettings = field(default_factory=ExportSettings)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: Path) -> Config:
+        """Build a config from parsed JSON, rejecting unknown sections and keys."""
+        config = cls()
+        for section_name, values in data.items():
+            if section_name not in _SECTION_NAMES:
+                raise ConfigError(
+                    f"{source}: unknown section {section_name!r}; "
+                    f"known sections: {', '.join(_SECTION_NAMES)}"
+                )
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: section {section_name!r} must be a JSON object")
+            section = getattr(config, section_name)
+            known = {f.name: f for f in fields(section)}
+            for key, value in values.items():
+                if key not in known:
+                    raise ConfigError(
+                        f"{source}: unknown key {section_name}.{key}; "
+                        f"known keys: {', '.join(known)}"
+                    )
+                setattr(section, key, value)
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_SECTION_NAMES = tuple(f.name for f in fields(Config))
+
+
+class Workspace:
+    """Paths and configuration of one workspace folder."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    @classmethod
+    def resolve(cls, path: str | os.PathLike[str] | None) -> Workspace:
+        """Pick the workspace: `path`, else $PREFSCOUT_WORKSPACE, else ./prefscout-workspace."""
+        chosen = path or os.environ.get(WORKSPACE_ENV) or DEFAULT_WORKSPACE
+        return cls(Path(chosen).expanduser().resolve())
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def store_path(self) -> Path:
+        return self.root / "prefscout.sqlite3"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.root / "index"
+
+    @property
+    def labelstudio_dir(self) -> Path:
+        return self.root / "labelstudio"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.root / "exports"
+
+    def exists(self) -> bool:
+        return self.store_path.exists()
+
+    def create(self) -> None:
+        """Create the folder and a default config.json; existing files are kept."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.config_path.exists():
+            self.save_config(Config())
+
+    def load_config(self) -> Config:
+        if not self.config_path.exists():
+            return Config()
+        try:
+            data = json.loads(self.config_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ConfigError(
+                f"{self.config_path}: invalid JSON ({error}); fix the file or delete it to "
+                "return to the defaults"
+            ) from error
+        if not isinstance(data, dict):
+            raise ConfigError(f"{self.config_path}: expected a JSON object at the top level")
+        return Config.from_dict(data, self.config_path)
+
+    def save_config(self, config: Config) -> None:
+        write_text_atomic(self.config_path, json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
