@@ -1,0 +1,279 @@
+"""One acquisition round: build the candidate pool, refit the preference model, select and record a batch.
+
+A candidate pair is two different responses to one prompt that no earlier round selected. The
+strategy comes from the acquisition registry by name; this module never special-cases one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from acquisition import CandidatePool, select_batch
+from engine.errors import InputError
+from engine.preference import PreferenceModel
+from engine.records import RowProblem, iter_rows
+from engine.store import Store, make_pair_id, utc_now
+from engine.vectors import EmbeddingSpace, load_vectors
+from engine.workspace import Workspace
+
+logger = logging.getLogger(__name__)
+
+MIN_VOTES_TO_FIT = 2  # decisive votes (a or b) needed before the preference model is trained
+
+
+@dataclass
+class RoundReport:
+    round_id: int
+    strategy: str
+    seed: int
+    pool_size: int
+    selected: int
+    decisive_votes: int
+    model_trained: bool
+    candidate_problems: list[RowProblem] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Embedded responses of a workspace, in row order, with positions used by the acquisition arrays."""
+
+    rows: np.ndarray  # (R,) int64 response rows
+    prompt_rows: np.ndarray  # (R,) int64 prompt row of each response
+    hashes: list[str]  # text hash of each response
+    embeddings: np.ndarray  # (R, D) float32
+
+    def positions(self) -> dict[int, int]:
+        """Map response row -> position in the arrays."""
+        return {int(row): position for position, row in enumerate(self.rows)}
+
+
+def load_corpus(workspace: Workspace, store: Store) -> Corpus:
+    space = EmbeddingSpace.for_workspace(workspace, store)
+    rows, prompt_rows, hashes = store.response_table()
+    vector_rows, vectors = load_vectors(workspace, store, space, "responses")
+    if not np.array_equal(rows, vector_rows):
+        embedded = set(vector_rows.tolist())
+        keep = np.array([row in embedded for row in rows.tolist()], dtype=bool)
+        logger.warning("%d responses have no embedding and are left out of the pool", int((~keep).sum()))
+        rows, prompt_rows = rows[keep], prompt_rows[keep]
+        hashes = [digest for digest, kept in zip(hashes, keep) if kept]
+    return Corpus(rows=rows, prompt_rows=prompt_rows, hashes=hashes, embeddings=vectors)
+
+
+def all_pairs(corpus: Corpus) -> tuple[np.ndarray, np.ndarray]:
+    """Return positions (a, b) of every pair of two different responses to one prompt, a < b."""
+    order = np.argsort(corpus.prompt_rows, kind="stable")
+    boundaries = np.flatnonzero(np.diff(corpus.prompt_rows[order])) + 1
+    firsts, seconds = [], []
+    for group in np.split(order, boundaries):
+        if len(group) < 2:
+            continue
+        upper_i, upper_j = np.triu_indices(len(group), k=1)
+        firsts.append(group[upper_i])
+        seconds.append(group[upper_j])
+    if not firsts:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    return np.concatenate(firsts).astype(np.int64), np.concatenate(seconds).astype(np.int64)
+
+
+def read_candidate_pairs(
+    path: Path, store: Store, corpus: Corpus
+) -> tuple[np.ndarray, np.ndarray, list[RowProblem]]:
+    """Read `response_a_id`/`response_b_id` pairs from a votes-style file, as corpus positions."""
+    resolve = store.resolve_response_ids()
+    positions = corpus.positions()
+    firsts, seconds, problems = [], [], []
+    seen: set[tuple[int, int]] = set()
+    for location, row in iter_rows(path):
+        if isinstance(row, RowProblem):
+            problems.append(row)
+            continue
+        ids = (row.get("response_a_id"), row.get("response_b_id"))
+        if not all(isinstance(value, (str, int)) and not isinstance(value, bool) for value in ids):
+            problems.append(RowProblem(location, "missing response_a_id or response_b_id"))
+            continue
+        unknown = [str(value) for value in ids if str(value) not in resolve]
+        if unknown:
+            problems.append(RowProblem(location, f"response id {unknown[0]!r} is not in the workspace; ingest its outputs first"))
+            continue
+        first, second = (positions.get(resolve[str(value)]) for value in ids)
+        if first is None or second is None:
+            problems.append(RowProblem(location, "a response of this pair has no embedding"))
+            continue
+        if first == second:
+            continue  # both ids name the same stored text (a byte-identical duplicate)
+        if corpus.prompt_rows[first] != corpus.prompt_rows[second]:
+            problems.append(RowProblem(location, "the two responses answer different prompts"))
+            continue
+        key = (min(first, second), max(first, second))
+        if key not in seen:
+            seen.add(key)
+            firsts.append(key[0])
+            seconds.append(key[1])
+    return np.array(firsts, dtype=np.int64), np.array(seconds, dtype=np.int64), problems
+
+
+def training_votes(store: Store, corpus: Corpus) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (diffs (V, D), labels (V,), prompt rows (V,)) of the decisive votes.
+
+    Ties, both-bad and skips carry no direction between the two responses, so the Bradley-Terry
+    model leaves them out.
+    """
+    positions = corpus.positions()
+    firsts, seconds, labels, groups = [], [], [], []
+    for vote in store.votes():
+        if vote["outcome"] not in ("a", "b"):
+            continue
+        first, second = positions.get(vote["response_a"]), positions.get(vote["response_b"])
+        if first is None or second is None:
+            continue
+        firsts.append(first)
+        seconds.append(second)
+        labels.append(1.0 if vote["outcome"] == "a" else 0.0)
+        groups.append(vote["prompt_row"])
+    dimension = corpus.embeddings.shape[1] if corpus.embeddings.ndim == 2 else 0
+    if not firsts:
+        return np.zeros((0, dimension), dtype=np.float32), np.zeros(0), np.zeros(0, dtype=np.int64)
+    diffs = corpus.embeddings[firsts] - corpus.embeddings[seconds]
+    return diffs, np.array(labels), np.array(groups, dtype=np.int64)
+
+
+def fit_preference_model(store: Store, corpus: Corpus, seed: int) -> tuple[PreferenceModel | None, int]:
+    diffs, labels, _ = training_votes(store, corpus)
+    if len(labels) < MIN_VOTES_TO_FIT:
+        return None, len(labels)
+    model = PreferenceModel(seed=seed).fit(diffs, labels)
+    return model, len(labels)
+
+
+def run_round(
+    workspace: Workspace,
+    store: Store,
+    *,
+    budget: int,
+    strategy: str | None = None,
+    seed: int | None = None,
+    candidates: Path | None = None,
+) -> RoundReport:
+    """Select up to `budget` new pairs and record them with their scores, sides and the round."""
+    if budget < 1:
+        raise InputError(f"--budget must be at least 1, got {budget}")
+    settings = workspace.load_config().round
+    strategy = strategy or settings.strategy
+    seed = secrets.randbelow(2**31) if seed is None else seed
+    rng = np.random.default_rng(seed)
+
+    corpus = load_corpus(workspace, store)
+    problems: list[RowProblem] = []
+    if candidates is None:
+        firsts, seconds = all_pairs(corpus)
+    else:
+        firsts, seconds, problems = read_candidate_pairs(candidates, store, corpus)
+    firsts, seconds = _drop_unusable(store, corpus, firsts, seconds)
+
+    model, decisive_votes = fit_preference_model(store, corpus, seed)
+    seen = np.zeros(len(corpus.rows), dtype=bool)
+    positions = corpus.positions()
+    for pair in store.pairs().values():
+        for row in (pair.response_a, pair.response_b):
+            if row in positions:
+                seen[positions[row]] = True
+
+    pool = CandidatePool(
+        embeddings=corpus.embeddings,
+        response_prompt=corpus.prompt_rows,
+        pair_a=firsts,
+        pair_b=seconds,
+        seen=seen,
+    )
+    options = {"max_per_prompt": settings.max_pairs_per_prompt}
+    selection = select_batch(strategy, pool, budget, rng, model=model, **options)
+    round_id = _record(store, corpus, strategy, budget, seed, pool, selection, decisive_votes, options, rng)
+    logger.info(
+        "round %d: %s selected %d of %d candidate pairs (seed %d, %d decisive votes)",
+        round_id, strategy, len(selection.indices), len(firsts), seed, decisive_votes,
+    )
+    return RoundReport(
+        round_id=round_id,
+        strategy=strategy,
+        seed=seed,
+        pool_size=len(firsts),
+        selected=len(selection.indices),
+        decisive_votes=decisive_votes,
+        model_trained=model is not None,
+        candidate_problems=problems,
+    )
+
+
+def _drop_unusable(
+    store: Store, corpus: Corpus, firsts: np.ndarray, seconds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Remove pairs selected in an earlier round and pairs of two identical texts."""
+    selected = {
+        (min(pair.response_a, pair.response_b), max(pair.response_a, pair.response_b))
+        for pair in store.pairs().values()
+    }
+    keep = np.ones(len(firsts), dtype=bool)
+    for index, (first, second) in enumerate(zip(firsts.tolist(), seconds.tolist())):
+        rows = (int(corpus.rows[first]), int(corpus.rows[second]))
+        if (min(rows), max(rows)) in selected or corpus.hashes[first] == corpus.hashes[second]:
+            keep[index] = False
+    return firsts[keep], seconds[keep]
+
+
+def _record(
+    store: Store,
+    corpus: Corpus,
+    strategy: str,
+    budget: int,
+    seed: int,
+    pool: CandidatePool,
+    selection,
+    decisive_votes: int,
+    options: dict,
+    rng: np.random.Generator,
+) -> int:
+    chosen = np.concatenate([pool.pair_a[selection.indices], pool.pair_b[selection.indices]])
+    chosen_rows = corpus.rows[np.unique(chosen)].tolist()
+    response_ids = {row.row: row.response_id for row in store.responses(chosen_rows)}
+
+    with store.transaction() as db:
+        cursor = db.execute(
+            "INSERT INTO rounds (strategy, budget, seed, pool_size, votes_at_start, options, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (strategy, budget, seed, len(pool.pair_a), decisive_votes, json.dumps(options), utc_now()),
+        )
+        round_id = int(cursor.lastrowid)
+        for rank, index in enumerate(selection.indices.tolist()):
+            first = int(corpus.rows[pool.pair_a[index]])
+            second = int(corpus.rows[pool.pair_b[index]])
+            left_side = "a" if rng.random() < 0.5 else "b"
+            db.execute(
+                "INSERT INTO pairs (pair_id, prompt_row, response_a, response_b, round_id, rank, score, "
+                "novelty, uncertainty, propensity, left_side) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    make_pair_id(response_ids[first], response_ids[second]),
+                    int(corpus.prompt_rows[pool.pair_a[index]]),
+                    first,
+                    second,
+                    round_id,
+                    rank,
+                    _finite_or_none(selection.scores[rank]),
+                    _finite_or_none(selection.novelty[rank]),
+                    _finite_or_none(selection.uncertainty[rank]),
+                    _finite_or_none(selection.propensity[rank]),
+                    left_side,
+                ),
+            )
+    return round_id
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
