@@ -1,0 +1,141 @@
+"""The `prefscout` command line.
+
+Exit status: 0 on success, 1 when a command fails with a message (a `PrefscoutError`), 2 for
+invalid usage. `--debug` shows the traceback of a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from engine.errors import PrefscoutError
+from engine.workspace import DEFAULT_WORKSPACE, WORKSPACE_ENV, Workspace
+
+logger = logging.getLogger("prefscout")
+
+EPILOG = """examples:
+  prefscout labelstudio start
+  prefscout ingest outputs.jsonl
+  prefscout round --budget 50
+  prefscout pull
+  prefscout export --out dataset/
+  prefscout demo
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--workspace",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help=f"workspace folder (default: ${WORKSPACE_ENV}, else ./{DEFAULT_WORKSPACE})",
+    )
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress at INFO level")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="log at DEBUG level and show tracebacks")
+
+    parser = argparse.ArgumentParser(
+        prog="prefscout",
+        description="Active-learning annotation engine for pairwise LLM preference data.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ingest = commands.add_parser("ingest", parents=[common], help="store, embed and index model outputs")
+    ingest.add_argument("file", type=Path, help="JSON Lines (.jsonl, .jsonl.gz), Parquet or CSV file of outputs")
+    ingest.add_argument("--prompt-field", default="prompt", help="column with the prompt text (default: prompt)")
+    ingest.add_argument("--response-field", default="response", help="column with the response text (default: response)")
+    ingest.add_argument("--model-field", default="model", help="column with the generator model's name (default: model)")
+    ingest.add_argument("--prompt-id-field", default="prompt_id", help="column with the prompt id; derived from the text when absent")
+    ingest.add_argument("--response-id-field", default="response_id", help="column with the response id; derived from the text when absent")
+    ingest.add_argument("--model", help="sentence-transformers model name or folder (default: all-MiniLM-L6-v2, shipped offline); fixed per workspace")
+    ingest.add_argument("--truncate", action="store_true", help="embed only the first window of long responses instead of the whole text (first ingest only)")
+    ingest.add_argument("--strict", action="store_true", help="store nothing when any row is invalid (default: skip invalid rows and report them)")
+
+    round_ = commands.add_parser("round", parents=[common], help="select pairs for annotation and push them to Label Studio")
+    round_.add_argument("--budget", type=int, required=True, help="number of pairs to select")
+    round_.add_argument("--strategy", help="acquisition strategy: hybrid (default), novelty, uncertainty, random, ...")
+    round_.add_argument("--seed", type=int, help="random seed (default: drawn and recorded with the round)")
+    round_.add_argument("--candidates", type=Path, help="votes-style file (response_a_id, response_b_id) restricting the candidate pool")
+    round_.add_argument("--no-push", action="store_true", help="record the round without pushing tasks")
+    round_.add_argument("--url", help="remote Label Studio URL (default: $LABEL_STUDIO_URL, else the workspace's local server)")
+
+    push = commands.add_parser("push", parents=[common], help="push selected pairs that have no task yet")
+    push.add_argument("--url", help="remote Label Studio URL (default: $LABEL_STUDIO_URL, else the local server)")
+
+    pull = commands.add_parser("pull", parents=[common], help="read every annotation back as votes")
+    pull.add_argument("--url", help="remote Label Studio URL (default: $LABEL_STUDIO_URL, else the local server)")
+
+    export = commands.add_parser("export", parents=[common], help="write the balanced DPO training set and its datasheet")
+    export.add_argument("--out", type=Path, help="output folder (default: <workspace>/exports/latest)")
+    export.add_argument("--max-pairs-per-prompt", type=int, help="cap on rows per prompt (default from config: 4)")
+    export.add_argument("--min-votes", type=int, help="non-skip votes a pair needs (default from config: 1)")
+    export.add_argument("--min-agreement", type=float, help="share of votes the majority needs, 0-1 (default from config: 0.5)")
+    export.add_argument("--test-fraction", type=float, help="share of prompts in the test split (default from config: 0.1)")
+    export.add_argument("--seed", type=int, help="seed of the train/test split and the cap's order (default from config: 0)")
+
+    simulate = commands.add_parser(
+        "simulate-annotators", parents=[common], help="answer open tasks as simulated annotators (demos, tests)"
+    )
+    simulate.add_argument("--votes", type=Path, help="recorded votes (response_a_id, response_b_id, votes or winner)")
+    simulate.add_argument("--oracle", choices=["correctness"], help="prefer the response whose `correct` field is true")
+    simulate.add_argument("--annotators", type=int, default=3, help="number of annotator users (default: 3)")
+    simulate.add_argument("--url", help="remote Label Studio URL (default: $LABEL_STUDIO_URL, else the local server)")
+
+    status = commands.add_parser("status", parents=[common], help="counts of the workspace and the preference model's accuracy")
+    status.add_argument("--json", action="store_true", help="print JSON")
+
+    labelstudio = commands.add_parser("labelstudio", parents=[common], help="manage the workspace's local Label Studio server")
+    labelstudio.add_argument("action", choices=["start", "stop", "status"])
+    labelstudio.add_argument("--port", type=int, help="first port to try (default from config: 8080; the next free one is used)")
+    labelstudio.add_argument("--json", action="store_true", help="print status as JSON")
+
+    demo = commands.add_parser("demo", parents=[common], help="run the whole loop on the shipped example")
+    demo.add_argument("--outputs", type=Path, help="outputs file (default: examples/outputs.jsonl)")
+    demo.add_argument("--votes", type=Path, help="recorded votes for the simulated annotators (default: examples/votes.jsonl)")
+    demo.add_argument("--budget", type=int, default=8, help="pairs per round (default: 8)")
+    demo.add_argument("--rounds", type=int, default=2, help="rounds (default: 2)")
+    demo.add_argument("--annotators", type=int, default=3, help="simulated annotators (default: 3)")
+    demo.add_argument("--stop-server", action="store_true", help="stop the local Label Studio server at the end")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
+    level = logging.WARNING
+    if debug:
+        level = logging.DEBUG
+    elif getattr(args, "verbose", False):
+        level = logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    workspace = Workspace.resolve(getattr(args, "workspace", None))
+
+    from engine import commands
+
+    handler = getattr(commands, "run_" + args.command.replace("-", "_"))
+    try:
+        return handler(workspace, args) or 0
+    except PrefscoutError as error:
+        if debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; what was stored before this command is unchanged", file=sys.stderr)
+        return 130
+
+
+def print_json(data: object) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

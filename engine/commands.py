@@ -1,0 +1,204 @@
+"""One function per CLI command: parse nothing, call the engine, print the outcome."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from engine.cli import print_json
+from engine.errors import ConfigError, LabelStudioError, PrefscoutError
+from engine.records import FieldMap
+from engine.store import Store
+from engine.workspace import Workspace
+
+
+def open_store(workspace: Workspace, *, create: bool = False) -> Store:
+    if create:
+        workspace.create()
+    elif not workspace.exists():
+        raise ConfigError(
+            f"no workspace at {workspace.root}; run `prefscout ingest FILE` first, or pass "
+            "--workspace DIR (or set PREFSCOUT_WORKSPACE) to use another one"
+        )
+    return Store(workspace.store_path)
+
+
+def run_ingest(workspace: Workspace, args: argparse.Namespace) -> int:
+    from engine.ingest import format_report, ingest_file
+
+    fields = FieldMap(
+        prompt=args.prompt_field,
+        response=args.response_field,
+        model=args.model_field,
+        prompt_id=args.prompt_id_field,
+        response_id=args.response_id_field,
+    )
+    creating = not workspace.exists()
+    with open_store(workspace, create=True) as store:
+        if creating and (args.model or args.truncate):
+            config = workspace.load_config()
+            config.embedding.model = args.model or config.embedding.model
+            config.embedding.truncate = args.truncate or config.embedding.truncate
+            workspace.save_config(config)
+        report = ingest_file(workspace, store, args.file, fields=fields, model=args.model, strict=args.strict)
+    for line in format_report(report):
+        print(line)
+    return 0
+
+
+def run_round(workspace: Workspace, args: argparse.Namespace) -> int:
+    from engine.rounds import run_round as select_round
+
+    with open_store(workspace) as store:
+        report = select_round(
+            workspace, store, budget=args.budget, strategy=args.strategy, seed=args.seed, candidates=args.candidates
+        )
+        for problem in report.candidate_problems[:20]:
+            print(f"warning: {problem}", file=sys.stderr)
+        if len(report.candidate_problems) > 20:
+            print(f"warning: ... and {len(report.candidate_problems) - 20} more candidate rows skipped", file=sys.stderr)
+        model_note = (
+            f"preference model trained on {report.decisive_votes} decisive votes"
+            if report.model_trained
+            else "no preference model yet (cold start: novelty only)"
+        )
+        print(
+            f"round {report.round_id}: {report.strategy} selected {report.selected} of {report.pool_size} "
+            f"candidate pairs (seed {report.seed}; {model_note})"
+        )
+        if args.no_push:
+            print("not pushed (--no-push); run `prefscout push` to create the tasks")
+            return 0
+        try:
+            pushed = _push(workspace, store, args.url)
+        except PrefscoutError as error:
+            raise LabelStudioError(f"round {report.round_id} is recorded, but pushing failed: {error}; "
+                                   "run `prefscout push` once the server is reachable") from error
+    print(f"pushed {pushed} new tasks")
+    return 0
+
+
+def _push(workspace: Workspace, store: Store, url: str | None) -> int:
+    from engine.annotation import open_project, push_pending, resolve_connection
+
+    project = open_project(workspace, store, resolve_connection(workspace, url))
+    return push_pending(workspace, store, project)
+
+
+def run_push(workspace: Workspace, args: argparse.Namespace) -> int:
+    with open_store(workspace) as store:
+        pushed = _push(workspace, store, args.url)
+    print(f"pushed {pushed} new tasks")
+    return 0
+
+
+def run_pull(workspace: Workspace, args: argparse.Namespace) -> int:
+    from engine.annotation import open_project, pull_votes, resolve_connection
+
+    with open_store(workspace) as store:
+        project = open_project(workspace, store, resolve_connection(workspace, args.url))
+        report = pull_votes(store, project)
+    print(
+        f"votes: {report.added} added, {report.updated} updated, {report.removed} removed, "
+        f"{report.unchanged} unchanged"
+    )
+    if report.unknown_tasks:
+        print(f"warning: {report.unknown_tasks} annotations belong to tasks prefscout did not create", file=sys.stderr)
+    for message in report.invalid[:20]:
+        print(f"warning: invalid annotation not stored: {message}", file=sys.stderr)
+    return 0
+
+
+def run_export(workspace: Workspace, args: argparse.Namespace) -> int:
+    from engine.export import export_dataset
+
+    options = workspace.load_config().export
+    overrides = {
+        "max_pairs_per_prompt": args.max_pairs_per_prompt,
+        "min_votes": args.min_votes,
+        "min_agreement": args.min_agreement,
+        "test_fraction": args.test_fraction,
+        "seed": args.seed,
+    }
+    options = dataclasses.replace(options, **{key: value for key, value in overrides.items() if value is not None})
+    out_dir = args.out or workspace.exports_dir / "latest"
+    with open_store(workspace) as store:
+        summary = export_dataset(store, out_dir, options)
+    counts = summary.datasheet["counts"]
+    print(
+        f"exported {counts['rows']} rows ({counts['train_rows']} train, {counts['test_rows']} test) "
+        f"from {counts['pairs_with_votes']} voted pairs to {out_dir}"
+    )
+    for path in summary.files:
+        print(f"  {path}")
+    return 0
+
+
+def run_simulate_annotators(workspace: Workspace, args: argparse.Namespace) -> int:
+    from engine.annotation import open_project, resolve_connection
+    from engine.simulation import simulate_annotators
+
+    with open_store(workspace) as store:
+        project = open_project(workspace, store, resolve_connection(workspace, args.url))
+        report = simulate_annotators(
+            store, project, annotators=args.annotators, votes_path=args.votes, oracle=args.oracle
+        )
+    print(
+        f"{report.annotations_created} annotations created on {report.answered_tasks} of "
+        f"{report.open_tasks} open tasks; {report.left_open} left open (no recorded answer)"
+    )
+    for problem in report.problems[:20]:
+        print(f"warning: {problem}", file=sys.stderr)
+    return 0
+
+
+def run_status(workspace: Workspace, args: argparse.Namespace) -> int:
+    from engine.status import format_status, workspace_status
+
+    with open_store(workspace) as store:
+        status = workspace_status(workspace, store)
+    if args.json:
+        print_json(status)
+    else:
+        for line in format_status(status):
+            print(line)
+    return 0
+
+
+def run_labelstudio(workspace: Workspace, args: argparse.Namespace) -> int:
+    from connectors.labelstudio.server import server_status, start_server, stop_server
+
+    state_dir = workspace.labelstudio_dir
+    if args.action == "start":
+        workspace.create()
+        port = args.port or workspace.load_config().labelstudio.port
+        info = start_server(state_dir, port=port)
+        print(f"Label Studio is running at {info.url} (data in {state_dir})")
+        print(f"credentials: {state_dir / 'credentials.json'}")
+    elif args.action == "stop":
+        stopped = stop_server(state_dir)
+        print("Label Studio stopped" if stopped else "no Label Studio server was running for this workspace")
+    else:
+        status = server_status(state_dir)
+        if args.json:
+            print_json(status)
+        else:
+            for key, value in status.items():
+                print(f"{key}: {value}")
+    return 0
+
+
+def run_demo(workspace: Workspace, args: argparse.Namespace) -> int:
+    from engine.demo import run_demo as demo
+
+    demo(
+        workspace,
+        outputs=args.outputs,
+        votes=args.votes,
+        budget=args.budget,
+        rounds=args.rounds,
+        annotators=args.annotators,
+        stop_server=args.stop_server,
+    )
+    return 0
