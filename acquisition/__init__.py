@@ -13,6 +13,7 @@ from acquisition.registry import (
     register_strategy,
     select_batch,
     strategy_names,
+    strategy_options,
 )
 from acquisition.scores import (
     bald,
@@ -47,5 +48,6 @@ __all__ = [
     "select_diverse",
     "select_top_k",
     "strategy_names",
+    "strategy_options",
     "within_prompt_rarity",
 ]

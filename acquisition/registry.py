@@ -117,15 +117,22 @@ def select_batch(
     return selection
 
 
-def _check_options(name: str, selector: Strategy, options: dict[str, object]) -> None:
-    parameters = inspect.signature(selector).parameters
+def strategy_options(name: str) -> list[str] | None:
+    """Return the keyword options the named strategy takes, or None when it takes any."""
+    parameters = inspect.signature(get_strategy(name)).parameters
     if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
-        return
-    accepted = [
+        return None
+    return [
         parameter.name
         for parameter in parameters.values()
         if parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.name != "model"
     ]
+
+
+def _check_options(name: str, selector: Strategy, options: dict[str, object]) -> None:
+    accepted = strategy_options(name)
+    if accepted is None:
+        return
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ConfigError(

@@ -58,6 +58,12 @@ def run_round(workspace: Workspace, args: argparse.Namespace) -> int:
             print(f"warning: {problem}", file=sys.stderr)
         if len(report.candidate_problems) > 20:
             print(f"warning: ... and {len(report.candidate_problems) - 20} more candidate rows skipped", file=sys.stderr)
+        if report.round_id is None:
+            print(
+                "no candidate pairs left: every pair of two different responses to one prompt has been "
+                "selected already (or --candidates names none that are new); ingest more outputs"
+            )
+            return 0
         model_note = (
             f"preference model trained on {report.decisive_votes} decisive votes"
             if report.model_trained

@@ -57,6 +57,9 @@ def run_demo(
         project = open_project(workspace, store, connection)
         for number in range(1, rounds + 1):
             report = run_round(workspace, store, budget=budget, seed=seed + number)
+            if report.round_id is None:
+                print(f"[{2 + number}] no candidate pairs left in this workspace; no round recorded")
+                break
             pushed = push_pending(workspace, store, project)
             simulated = simulate_annotators(store, project, annotators=annotators, votes_path=votes)
             pulled = pull_votes(store, project)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from acquisition import CandidatePool, select_batch
+from acquisition import CandidatePool, get_strategy, select_batch, strategy_options
 from engine.errors import InputError
 from engine.preference import PreferenceModel
 from engine.records import RowProblem, iter_rows
@@ -29,7 +29,7 @@ MIN_VOTES_TO_FIT = 2  # decisive votes (a or b) needed before the preference mod
 
 @dataclass
 class RoundReport:
-    round_id: int
+    round_id: int | None  # None when the pool was empty and no round was recorded
     strategy: str
     seed: int
     pool_size: int
@@ -167,6 +167,7 @@ def run_round(
         raise InputError(f"--budget must be at least 1, got {budget}")
     settings = workspace.load_config().round
     strategy = strategy or settings.strategy
+    get_strategy(strategy)  # an unknown name fails here, listing the known ones, before any work
     seed = secrets.randbelow(2**31) if seed is None else seed
     rng = np.random.default_rng(seed)
 
@@ -179,6 +180,18 @@ def run_round(
     firsts, seconds = _drop_unusable(store, corpus, firsts, seconds)
 
     model, decisive_votes = fit_preference_model(store, corpus, seed)
+    if len(firsts) == 0:
+        logger.warning("no candidate pairs left; no round recorded")
+        return RoundReport(
+            round_id=None,
+            strategy=strategy,
+            seed=seed,
+            pool_size=0,
+            selected=0,
+            decisive_votes=decisive_votes,
+            model_trained=model is not None,
+            candidate_problems=problems,
+        )
     seen = np.zeros(len(corpus.rows), dtype=bool)
     positions = corpus.positions()
     for pair in store.pairs().values():
@@ -193,7 +206,12 @@ def run_round(
         pair_b=seconds,
         seen=seen,
     )
-    options = {"max_per_prompt": settings.max_pairs_per_prompt}
+    # Settings apply to the strategies that take them; `random` stays uniform over the pool.
+    settings_options = {"max_per_prompt": settings.max_pairs_per_prompt}
+    accepted = strategy_options(strategy)
+    options = {
+        key: value for key, value in settings_options.items() if accepted is None or key in accepted
+    }
     selection = select_batch(strategy, pool, budget, rng, model=model, **options)
     round_id = _record(store, corpus, strategy, budget, seed, pool, selection, decisive_votes, options, rng)
     logger.info(

