@@ -7,6 +7,7 @@ simulated annotators, pull the votes and export the training set.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from connectors.labelstudio import server as labelstudio_server
@@ -89,5 +90,11 @@ def run_demo(
         labelstudio_server.stop_server(workspace.labelstudio_dir)
         print("Label Studio stopped")
     elif local:
-        print(f"Label Studio keeps running; stop it with: prefscout labelstudio stop --workspace {workspace.root}")
+        print(f"Label Studio keeps running; stop it with: {_prefscout_command()} labelstudio stop --workspace {workspace.root}")
     return out_dir
+
+
+def _prefscout_command() -> str:
+    """Return how to call prefscout from a shell: the script beside this Python, when it is there."""
+    script = Path(sys.executable).parent / "prefscout"
+    return str(script) if script.exists() else "prefscout"

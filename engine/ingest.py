@@ -6,6 +6,7 @@ into the store in one transaction, and the FAISS indexes are brought up to date 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import Counter
@@ -38,6 +39,7 @@ class IngestReport:
     path: Path
     rows_read: int = 0
     prompts_added: int = 0
+    prompts_merged: int = 0  # new prompt ids whose text repeats a prompt, merged into it
     responses_added: int = 0
     already_stored: int = 0
     duplicates: list[Duplicate] = field(default_factory=list)
@@ -55,6 +57,7 @@ class _Plan:
     prompts: dict[str, OutputRecord] = field(default_factory=dict)  # prompt_id -> first record
     responses: list[OutputRecord] = field(default_factory=list)
     aliases: list[tuple[OutputRecord, str]] = field(default_factory=list)  # (record, kept response id)
+    prompt_aliases: dict[str, str] = field(default_factory=dict)  # alias prompt id -> prompt id kept
 
 
 def ingest_file(
@@ -64,6 +67,7 @@ def ingest_file(
     *,
     fields: FieldMap = FieldMap(),
     model: str | None = None,
+    truncate: bool = False,
     strict: bool = False,
     embedder_factory: Callable[[EmbeddingSpace], object] | None = None,
 ) -> IngestReport:
@@ -72,7 +76,7 @@ def ingest_file(
     Invalid rows are skipped and reported; with `strict=True` any invalid row raises InputError and
     nothing is stored.
     """
-    space = EmbeddingSpace.for_workspace(workspace, store, requested_model=model)
+    space = EmbeddingSpace.for_workspace(workspace, store, requested_model=model, requested_truncate=truncate)
     report = IngestReport(path=path)
     read = read_outputs(path, fields)
     report.rows_read = len(read.records) + len(read.problems)
@@ -113,11 +117,14 @@ def _plan_additions(store: Store, records: list[OutputRecord], report: IngestRep
         for response_id, (_, digest, prompt_row) in stored_responses.items()
     }
     planned_ids: dict[str, tuple[str, str]] = {}  # response id -> (prompt_id, text hash)
+    prompt_aliases = store.prompt_aliases()
+    prompt_by_text = {digest: prompt_id for prompt_id, (_, digest) in stored_prompts.items()}
     plan = _Plan()
 
     for record in records:
         prompt_digest = text_hash(record.prompt)
         response_digest = text_hash(record.response)
+        record = _merge_prompt_by_text(record, prompt_digest, stored_prompts, prompt_aliases, prompt_by_text, plan)
         problem = _prompt_conflict(record, prompt_digest, stored_prompts, plan)
         if problem is None:
             problem = _response_id_conflict(
@@ -133,6 +140,7 @@ def _plan_additions(store: Store, records: list[OutputRecord], report: IngestRep
             continue
         if record.prompt_id not in stored_prompts and record.prompt_id not in plan.prompts:
             plan.prompts[record.prompt_id] = record
+            prompt_by_text[prompt_digest] = record.prompt_id
 
         kept = by_content.get((record.prompt_id, response_digest))
         if kept is not None:
@@ -144,6 +152,27 @@ def _plan_additions(store: Store, records: list[OutputRecord], report: IngestRep
         planned_ids[record.response_id] = (record.prompt_id, response_digest)
         plan.responses.append(record)
     return plan
+
+
+def _merge_prompt_by_text(
+    record: OutputRecord,
+    digest: str,
+    stored_prompts: dict[str, tuple[int, str]],
+    prompt_aliases: dict[str, str],
+    prompt_by_text: dict[str, str],
+    plan: _Plan,
+) -> OutputRecord:
+    """Move a record to the stored or planned prompt that has the same text under another id."""
+    prompt_id = prompt_aliases.get(record.prompt_id, record.prompt_id)
+    if prompt_id not in stored_prompts and prompt_id not in plan.prompts:
+        same_text = prompt_by_text.get(digest)
+        if same_text is not None and same_text != prompt_id:
+            plan.prompt_aliases[record.prompt_id] = same_text
+            prompt_aliases[record.prompt_id] = same_text
+            prompt_id = same_text
+    if prompt_id == record.prompt_id:
+        return record
+    return dataclasses.replace(record, prompt_id=prompt_id)
 
 
 def _prompt_conflict(
@@ -259,6 +288,10 @@ def _write(
             )
             if truncated:
                 report.truncated_for_embedding.append(record.response_id)
+        for alias_id, kept_id in plan.prompt_aliases.items():
+            db.execute(
+                "INSERT INTO prompt_aliases (alias_id, prompt_row) VALUES (?, ?)", (alias_id, prompt_rows[kept_id])
+            )
         response_rows = {key: value[0] for key, value in store.response_keys().items()}
         for record, kept_id in plan.aliases:
             db.execute(
@@ -267,6 +300,7 @@ def _write(
                 (record.response_id, response_rows[kept_id], record.model, str(record.location.path), record.location.line),
             )
     report.prompts_added = len(plan.prompts)
+    report.prompts_merged = len(plan.prompt_aliases)
     report.responses_added = len(plan.responses)
 
 
@@ -278,8 +312,13 @@ def _single_response_prompts(store: Store, prompt_ids: set[str]) -> list[str]:
     return sorted(prompt_id for prompt_id in prompt_ids if counts[prompt_id] < 2)
 
 
+def plural(count: int, noun: str) -> str:
+    """Return "1 response" or "2 responses"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def _problem_summary(path: Path, problems: list[RowProblem], consequence: str, limit: int = 20) -> str:
-    lines = [f"{path}: {len(problems)} invalid rows, {consequence}:"]
+    lines = [f"{path}: {plural(len(problems), 'invalid row')}, {consequence}:"]
     lines.extend(f"  {problem}" for problem in problems[:limit])
     if len(problems) > limit:
         lines.append(f"  ... and {len(problems) - limit} more")
@@ -289,16 +328,23 @@ def _problem_summary(path: Path, problems: list[RowProblem], consequence: str, l
 def format_report(report: IngestReport, limit: int = 20) -> list[str]:
     """Return the lines the CLI prints after an ingest."""
     lines = [
-        f"{report.path}: {report.rows_read} rows read; {report.prompts_added} prompts and "
-        f"{report.responses_added} responses added; {report.already_stored} already stored",
-        f"embeddings: {report.texts_embedded} texts embedded, {report.texts_from_cache} taken from the cache",
+        f"{report.path}: {plural(report.rows_read, 'row')} read; {plural(report.prompts_added, 'prompt')} and "
+        f"{plural(report.responses_added, 'response')} added; {report.already_stored} already stored",
+        f"embeddings: {plural(report.texts_embedded, 'text')} embedded, {report.texts_from_cache} taken from the cache",
     ]
+    if report.prompts_merged:
+        lines.append(
+            f"prompt ids whose text repeats another prompt's text: {report.prompts_merged} "
+            "(merged into that prompt, so one text is one prompt)"
+        )
+    if report.rows_read == 0:
+        lines.append(f"warning: {report.path} has no rows")
     if report.problems:
         lines.append(_problem_summary(report.path, report.problems, "skipped", limit))
     if report.duplicates:
         lines.append(
-            f"{len(report.duplicates)} responses repeat another response of their prompt byte for byte; "
-            "each text is kept once and never paired with itself:"
+            f"byte-identical duplicates of another response to the same prompt: {len(report.duplicates)} "
+            "(each text is kept once and never paired with itself)"
         )
         lines.extend(f"  {d.location}: {d.response_id} kept as {d.kept_response_id}" for d in report.duplicates[:limit])
         if len(report.duplicates) > limit:
@@ -306,14 +352,14 @@ def format_report(report: IngestReport, limit: int = 20) -> list[str]:
     if report.truncated_for_embedding:
         shown = ", ".join(report.truncated_for_embedding[:limit])
         lines.append(
-            f"{len(report.truncated_for_embedding)} responses were too long to embed whole; stored whole, "
-            f"embedded from their head and tail windows: {shown}"
+            f"too long to embed whole: {len(report.truncated_for_embedding)} (stored whole, embedded from "
+            f"their head and tail windows): {shown}"
         )
     if report.single_response_prompts:
         shown = ", ".join(report.single_response_prompts[:limit])
         lines.append(
-            f"{len(report.single_response_prompts)} prompts have a single response, so no pair is "
-            f"possible for them yet: {shown}"
+            f"prompts with a single response, so no pair is possible for them yet: "
+            f"{len(report.single_response_prompts)}: {shown}"
         )
     return lines
 

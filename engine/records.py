@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import math
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,17 +194,21 @@ def validate_row(row: dict[str, Any], location: Location, fields: FieldMap) -> O
     """Check one row and turn it into an `OutputRecord`, or say what is wrong with it."""
     prompt = row.get(fields.prompt)
     response = row.get(fields.response)
-    if prompt is None:
+    if fields.prompt not in row:
         return RowProblem(location, f"missing prompt field {fields.prompt!r}; set --prompt-field to the column that holds the prompt")
-    if response is None:
+    if fields.response not in row:
         return RowProblem(location, f"missing response field {fields.response!r}; set --response-field to the column that holds the response")
+    if prompt is None:
+        return RowProblem(location, "prompt is null; fix the row or remove it")
+    if response is None:
+        return RowProblem(location, "response is null; fix the row or remove it")
     if not isinstance(prompt, str):
         return RowProblem(location, f"prompt must be a string, found {_describe(prompt)}")
     if not isinstance(response, str):
         return RowProblem(location, f"response must be a string, found {_describe(response)}; fix the row or remove it")
-    if not prompt.strip():
+    if is_blank(prompt):
         return RowProblem(location, "empty prompt; remove the row")
-    if not response.strip():
+    if is_blank(response):
         return RowProblem(location, "empty or whitespace-only response; nothing to compare, remove the row")
 
     try:
@@ -227,6 +232,11 @@ def validate_row(row: dict[str, Any], location: Location, fields: FieldMap) -> O
         metadata=metadata,
         location=location,
     )
+
+
+def is_blank(text: str) -> bool:
+    """Tell whether `text` has no visible character: only whitespace, controls or format characters."""
+    return all(char.isspace() or unicodedata.category(char) in ("Cc", "Cf") for char in text)
 
 
 def _optional_id(value: Any) -> str | None:

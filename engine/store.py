@@ -60,6 +60,12 @@ CREATE TABLE IF NOT EXISTS response_aliases (
     source_file TEXT,
     source_line INTEGER
 );
+-- A prompt id whose text repeats a stored prompt's text: its rows belong to that prompt, so one
+-- prompt text is one prompt (never in both train and test, never paired across ids).
+CREATE TABLE IF NOT EXISTS prompt_aliases (
+    alias_id TEXT PRIMARY KEY,
+    prompt_row INTEGER NOT NULL REFERENCES prompts(id)
+);
 CREATE TABLE IF NOT EXISTS embeddings (
     model TEXT NOT NULL,
     mode TEXT NOT NULL,
@@ -226,6 +232,13 @@ class Store:
         """Map alias response id -> row of the response kept in its place."""
         rows = self.execute("SELECT alias_id, response_row FROM response_aliases")
         return {row["alias_id"]: row["response_row"] for row in rows}
+
+    def prompt_aliases(self) -> dict[str, str]:
+        """Map alias prompt id -> id of the stored prompt with the same text."""
+        rows = self.execute(
+            "SELECT a.alias_id, p.prompt_id FROM prompt_aliases a JOIN prompts p ON p.id = a.prompt_row"
+        )
+        return {row["alias_id"]: row["prompt_id"] for row in rows}
 
     def resolve_response_ids(self) -> dict[str, int]:
         """Map every known response id, aliases included, to a response row."""

@@ -31,13 +31,21 @@ class EmbeddingSpace:
     max_windows: int
 
     @classmethod
-    def for_workspace(cls, workspace: Workspace, store: Store, *, requested_model: str | None = None) -> EmbeddingSpace:
-        """Return the workspace's recorded space, or the one its config and `requested_model` give."""
+    def for_workspace(
+        cls,
+        workspace: Workspace,
+        store: Store,
+        *,
+        requested_model: str | None = None,
+        requested_truncate: bool = False,
+    ) -> EmbeddingSpace:
+        """Return the workspace's recorded space, or the one its config and the requests give."""
         from engine.embedding import canonical_model_name
 
         settings = workspace.load_config().embedding
         configured = canonical_model_name(requested_model or settings.model)
-        mode = "truncate" if settings.truncate else f"windows-{settings.max_windows}"
+        truncate = requested_truncate or settings.truncate
+        mode = "truncate" if truncate else f"windows-{settings.max_windows}"
         stored_model = store.get_meta("embedding_model")
         stored_mode = store.get_meta("embedding_mode")
         if stored_model is not None:

@@ -184,7 +184,8 @@ def test_model_folder_option(tmp_path, capsys):
     workspace = tmp_path / "ws"
     run_cli(workspace, "ingest", EXAMPLES / "outputs.jsonl", "--model", folder)
     result = status(workspace, capsys)
-    assert result["embedding_model"] == str(folder)
+    assert result["embedding_model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert result["embedded"] == 29
     assert main(["ingest", str(EXAMPLES / "outputs.jsonl"), "--model", "other-model", "--workspace", str(workspace)]) == 1
     assert "would mix incompatible vectors" in capsys.readouterr().err
+    run_cli(workspace, "ingest", EXAMPLES / "outputs.jsonl", "--model", "all-MiniLM-L6-v2")

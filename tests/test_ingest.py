@@ -273,3 +273,24 @@ def test_broken_index_rebuilt(tmp_path, workspace, store):
     ingest(workspace, store, write_jsonl(tmp_path / "b.jsonl", [row("p1", "r3", "c")]))
     index = VectorIndex.load(index_path(workspace, "responses"))
     assert index.ntotal == 3
+
+
+def test_same_prompt_text_merged(tmp_path, workspace, store):
+    first = write_jsonl(tmp_path / "a.jsonl", [row("a1", "x1", "Paris", prompt="Capital?"), row("a1", "x2", "Lyon", prompt="Capital?")])
+    second = write_jsonl(tmp_path / "b.jsonl", [row("b1", "y1", "Paris", prompt="Capital?"), row("b1", "y2", "Nice", prompt="Capital?")])
+    ingest(workspace, store, first)
+    report = ingest(workspace, store, second)
+    assert report.prompts_merged == 1
+    assert store.count("SELECT COUNT(*) FROM prompts") == 1
+    assert store.count("SELECT COUNT(*) FROM responses") == 3
+    assert store.resolve_response_ids()["y1"] == store.resolve_response_ids()["x1"]
+    again = ingest(workspace, store, second)
+    assert again.already_stored == 2
+
+
+def test_zero_width_response_rejected(tmp_path, workspace, store):
+    path = write_jsonl(tmp_path / "a.jsonl", [row("p1", "r1", "\u200b"), row("p1", "r2", None), row("p1", "r3", "ok")])
+    report = ingest(workspace, store, path)
+    messages = [problem.message for problem in report.problems]
+    assert "whitespace-only" in messages[0]
+    assert messages[1] == "response is null; fix the row or remove it"
