@@ -34,14 +34,18 @@ def run_ingest(workspace: Workspace, args: argparse.Namespace) -> int:
         prompt_id=args.prompt_id_field,
         response_id=args.response_id_field,
     )
-    creating = not workspace.exists()
     with open_store(workspace, create=True) as store:
-        if creating and (args.model or args.truncate):
-            config = workspace.load_config()
-            config.embedding.model = args.model or config.embedding.model
-            config.embedding.truncate = args.truncate or config.embedding.truncate
+        report = ingest_file(
+            workspace, store, args.file, fields=fields, model=args.model, truncate=args.truncate, strict=args.strict
+        )
+        # The store records the embedding model and mode once something is embedded; the config
+        # follows it, so a model that failed to load is never written anywhere.
+        config = workspace.load_config()
+        recorded_model = store.get_meta("embedding_model")
+        if recorded_model is not None and config.embedding.model != recorded_model:
+            config.embedding.model = recorded_model
+            config.embedding.truncate = store.get_meta("embedding_mode") == "truncate"
             workspace.save_config(config)
-        report = ingest_file(workspace, store, args.file, fields=fields, model=args.model, strict=args.strict)
     for line in format_report(report):
         print(line)
     return 0
@@ -85,16 +89,16 @@ def run_round(workspace: Workspace, args: argparse.Namespace) -> int:
     return 0
 
 
-def _push(workspace: Workspace, store: Store, url: str | None) -> int:
+def _push(workspace: Workspace, store: Store, url: str | None, batch_size: int | None = None) -> int:
     from engine.annotation import open_project, push_pending, resolve_connection
 
     project = open_project(workspace, store, resolve_connection(workspace, url))
-    return push_pending(workspace, store, project)
+    return push_pending(workspace, store, project, batch_size=batch_size)
 
 
 def run_push(workspace: Workspace, args: argparse.Namespace) -> int:
     with open_store(workspace) as store:
-        pushed = _push(workspace, store, args.url)
+        pushed = _push(workspace, store, args.url, args.batch_size)
     print(f"pushed {pushed} new tasks")
     return 0
 
@@ -104,11 +108,15 @@ def run_pull(workspace: Workspace, args: argparse.Namespace) -> int:
 
     with open_store(workspace) as store:
         project = open_project(workspace, store, resolve_connection(workspace, args.url))
-        report = pull_votes(store, project)
+        report = pull_votes(store, project, full=args.full)
     print(
-        f"votes: {report.added} added, {report.updated} updated, {report.removed} removed, "
-        f"{report.unchanged} unchanged"
+        f"{report.mode} pull, {report.tasks_read} tasks read; votes: {report.added} added, {report.updated} "
+        f"updated, {report.removed} removed, {report.unchanged} unchanged"
     )
+    if report.superseded:
+        print(f"{report.superseded} earlier annotations replaced by a later one of the same annotator on the same task")
+    if report.invalid:
+        print(f"warning: {len(report.invalid)} annotations have results the labelling config cannot produce", file=sys.stderr)
     if report.unknown_tasks:
         print(f"warning: {report.unknown_tasks} annotations belong to tasks prefscout did not create", file=sys.stderr)
     for message in report.invalid[:20]:
@@ -126,6 +134,13 @@ def run_export(workspace: Workspace, args: argparse.Namespace) -> int:
         "min_agreement": args.min_agreement,
         "test_fraction": args.test_fraction,
         "seed": args.seed,
+        "max_rows_per_cluster": args.max_rows_per_cluster,
+        "prompt_clusters": args.prompt_clusters,
+        "mode_field": args.mode_field,
+        "rare_mode_share": args.rare_mode_share,
+        "weighting": args.weighting,
+        "inverse_propensity": args.inverse_propensity,
+        "max_weight": args.max_weight,
     }
     options = dataclasses.replace(options, **{key: value for key, value in overrides.items() if value is not None})
     out_dir = args.out or workspace.exports_dir / "latest"
@@ -134,10 +149,12 @@ def run_export(workspace: Workspace, args: argparse.Namespace) -> int:
     counts = summary.datasheet["counts"]
     print(
         f"exported {counts['rows']} rows ({counts['train_rows']} train, {counts['test_rows']} test) "
-        f"from {counts['pairs_with_votes']} voted pairs to {out_dir}"
+        f"from {counts['pairs_with_votes']} voted pairs to {out_dir}, and {counts['kto_rows']} KTO rows"
     )
     for path in summary.files:
         print(f"  {path}")
+    if counts["pairs_with_votes"] == 0:
+        print("warning: the store has no votes yet, so the export is empty; run `prefscout pull` first", file=sys.stderr)
     return 0
 
 
@@ -159,6 +176,14 @@ def run_simulate_annotators(workspace: Workspace, args: argparse.Namespace) -> i
     return 0
 
 
+def run_simulate(workspace: Workspace, args: argparse.Namespace) -> int:
+    from engine.simulator_run import run_from_arguments
+
+    summary_path = run_from_arguments(args)
+    print(f"simulation written to {summary_path.parent} (summary.json, rounds.csv, learning_curves.png)")
+    return 0
+
+
 def run_status(workspace: Workspace, args: argparse.Namespace) -> int:
     from engine.status import format_status, workspace_status
 
@@ -173,25 +198,31 @@ def run_status(workspace: Workspace, args: argparse.Namespace) -> int:
 
 
 def run_labelstudio(workspace: Workspace, args: argparse.Namespace) -> int:
-    from connectors.labelstudio.server import server_status, start_server, stop_server
+    from connectors.labelstudio.server import build_environment_template, start_server, stop_server
+    from engine.status import format_labelstudio_status, labelstudio_status
 
     state_dir = workspace.labelstudio_dir
     if args.action == "start":
         workspace.create()
         port = args.port or workspace.load_config().labelstudio.port
         info = start_server(state_dir, port=port)
+        if info.requested_port is not None:
+            print(f"port {info.requested_port} is busy, so Label Studio uses the next free one")
         print(f"Label Studio is running at {info.url} (data in {state_dir})")
         print(f"credentials: {state_dir / 'credentials.json'}")
     elif args.action == "stop":
         stopped = stop_server(state_dir)
         print("Label Studio stopped" if stopped else "no Label Studio server was running for this workspace")
+    elif args.action == "template":
+        print(f"Label Studio template ready in {build_environment_template()}")
     else:
-        status = server_status(state_dir)
+        status = labelstudio_status(workspace, args.url)
         if args.json:
             print_json(status)
         else:
-            for key, value in status.items():
-                print(f"{key}: {value}")
+            for line in format_labelstudio_status(status):
+                print(line)
+        return 0 if status["running"] else 1
     return 0
 
 

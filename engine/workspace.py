@@ -42,7 +42,16 @@ class LabelStudioSettings:
     port: int = 8080  # first port tried by `prefscout labelstudio start`
     project_title: str = "prefscout pairwise preferences"
     maximum_annotations: int = 3  # annotators asked per task
-    batch_size: int = 500  # tasks per import request
+    batch_size: int = 1000  # most tasks per import request (requests also stay under 16 MiB)
+    instructions: str = (
+        "Read the prompt, then both responses. Pick the better response, or choose Tie when they are "
+        "equally good and Both bad when neither is acceptable. Judge correctness first, then "
+        "helpfulness and clarity. Skip a task you cannot judge."
+    )  # shown above every task; empty for none
+    max_display_chars: int = 100_000  # longer texts are cut with a visible marker in the task; 0: never cut
+    timeout_seconds: float = 60.0  # per HTTP request to Label Studio
+    retries: int = 4  # extra attempts after a timeout, lost connection or 5xx status
+    backoff_seconds: float = 1.0  # wait before the first retry, doubled before each next one
 
 
 @dataclass
@@ -52,6 +61,14 @@ class ExportSettings:
     min_votes: int = 1  # non-skip votes a pair needs
     min_agreement: float = 0.5  # share of votes the majority outcome needs (strictly more than half)
     seed: int = 0
+    max_rows_per_cluster: int = 0  # cap on rows per prompt cluster; 0 means no cap
+    prompt_clusters: int = 0  # k of the k-means over prompt embeddings; 0 picks sqrt(prompts / 2)
+    mode_field: str = "answer_key"  # response metadata field that names a response's answer (its mode)
+    mode_distance: float = 0.25  # cosine distance within which responses share a mode, without mode_field
+    rare_mode_share: float = 0.25  # a mode is rare when at most this share of its prompt's responses have it
+    weighting: str = "balanced"  # `weight` column: balanced, propensity or none
+    inverse_propensity: bool = True  # with balanced weights, weight rows of a mode by 1 / propensity
+    max_weight: float = 10.0  # weights are clipped here, then rescaled to mean 1
 
 
 @dataclass

@@ -115,6 +115,7 @@ def test_export_columns_and_winner(store, tmp_path):
     assert list(rows[0]) == [
         "prompt", "chosen", "rejected", "prompt_id", "chosen_id", "rejected_id", "chosen_model",
         "rejected_model", "n_votes", "agreement", "round", "pair_id", "chosen_shown_left",
+        "weight", "prompt_cluster", "chosen_mode", "rejected_mode", "chosen_rare_mode", "propensity",
     ]
     first = next(row for row in rows if {row["chosen_id"], row["rejected_id"]} == {"p0-r0", "p0-r1"})
     assert first["chosen_id"] == "p0-r0"
@@ -161,10 +162,30 @@ def test_datasheet_position_and_models(store, tmp_path):
     assert sheet == summary.datasheet
     assert sheet["chosen_models"]["model-0"] == 6
     assert 0 <= sheet["position"]["chosen_shown_left_rate"] <= 1
-    assert "Chosen response had been shown on the left" in (tmp_path / "out" / "datasheet.md").read_text()
+    assert "chosen shown on the left" in (tmp_path / "out" / "datasheet.md").read_text()
 
 
 def test_export_without_votes(store, tmp_path):
     summary = export_dataset(store, tmp_path / "out", ExportSettings())
     assert summary.rows == 0
     assert (tmp_path / "out" / "train.jsonl").read_text() == ""
+
+
+def test_cli_export_new_options(tmp_path, capsys):
+    from engine.cli import main
+    from engine.workspace import Workspace
+
+    workspace = Workspace(tmp_path / "ws")
+    workspace.create()
+    with Store(workspace.store_path) as workspace_store:
+        populate(workspace_store, prompts=3)
+    code = main([
+        "export", "--workspace", str(workspace.root), "--out", str(tmp_path / "out"),
+        "--weighting", "none", "--max-rows-per-cluster", "5", "--no-inverse-propensity",
+    ])
+    sheet = json.loads((tmp_path / "out" / "datasheet.json").read_text())
+    assert code == 0
+    assert sheet["counts"]["excluded_pairs"]["per_cluster_cap"] == 7
+    assert sheet["options"]["weighting"] == "none"
+    assert sheet["options"]["inverse_propensity"] is False
+    assert "KTO rows" in capsys.readouterr().out
