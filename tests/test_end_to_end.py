@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,9 @@ from connectors.labelstudio.server import TEMPLATE_ENV_VAR, read_credentials, se
 from engine.cli import main
 from engine.store import Store
 from engine.workspace import Workspace
+from shared_data import SHARED_DATA
 
-DATA_DIR = Path(os.environ.get("PREFSCOUT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA_DIR = SHARED_DATA
 PANDALM_OUTPUTS = DATA_DIR / "pandalm_outputs.jsonl"
 PANDALM_VOTES = DATA_DIR / "pandalm_votes.jsonl"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import json
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +18,9 @@ import pytest
 from engine.export import export_dataset
 from engine.store import Store, make_pair_id, text_hash, utc_now
 from engine.workspace import ExportSettings
+from shared_data import SHARED_DATA
 
-MATH_OUTPUTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "math_l5_dev_outputs.jsonl.gz"
+MATH_OUTPUTS = SHARED_DATA / "math_l5_dev_outputs.jsonl.gz"
 PROBLEMS = 60
 PAIRS = 900
 
