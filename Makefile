@@ -18,6 +18,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e ".[$(FAISS_EXTRA),server,test]"
+	# An initialised Label Studio data dir inside the venv, copied by every new workspace (seconds, not a minute).
+	$(BIN)/prefscout labelstudio template
 	touch $@
 
 demo: venv

@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     push = commands.add_parser("push", parents=[common], help="push selected pairs that have no task yet")
     push.add_argument("--url", help="remote Label Studio URL (default: $LABEL_STUDIO_URL, else the local server)")
-    push.add_argument("--batch-size", type=int, help="most tasks per import request (default from config: 1000)")
+    push.add_argument("--batch-size", type=int, help="maximum tasks per import request (default from config: 1000)")
 
     pull = commands.add_parser("pull", parents=[common], help="read new, changed and deleted annotations back as votes")
     pull.add_argument("--url", help="remote Label Studio URL (default: $LABEL_STUDIO_URL, else the local server)")

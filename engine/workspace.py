@@ -42,7 +42,7 @@ class LabelStudioSettings:
     port: int = 8080  # first port tried by `prefscout labelstudio start`
     project_title: str = "prefscout pairwise preferences"
     maximum_annotations: int = 3  # annotators asked per task
-    batch_size: int = 1000  # most tasks per import request (requests also stay under 16 MiB)
+    batch_size: int = 1000  # maximum tasks per import request (requests also stay under 16 MiB)
     instructions: str = (
         "Read the prompt, then both responses. Pick the better response, or choose Tie when they are "
         "equally good and Both bad when neither is acceptable. Judge correctness first, then "

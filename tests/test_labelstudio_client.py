@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 
 import pytest
@@ -103,32 +104,63 @@ def test_check_returns_version(labelstudio_server: ServerInfo) -> None:
 
 
 @labelstudio
-def test_check_rejects_wrong_key(labelstudio_server: ServerInfo) -> None:
-    client = LabelStudioClient(labelstudio_server.url, "0" * 40)
+def test_check_rejects_wrong_legacy_token(labelstudio_server: ServerInfo, caplog: pytest.LogCaptureFixture) -> None:
+    wrong_key = "0123456789abcdef" * 2 + "deadbeef"
+    client = LabelStudioClient(labelstudio_server.url, wrong_key, retries=0)
 
-    with pytest.raises(LabelStudioError, match="rejected the API key"):
+    with caplog.at_level(logging.DEBUG), pytest.raises(LabelStudioError) as raised:
         client.check()
+
+    assert "rejected the legacy API token (401" in str(raised.value)
+    assert "legacy tokens" in str(raised.value)
+    assert wrong_key not in str(raised.value)
+    assert wrong_key not in caplog.text
+    assert wrong_key not in repr(client)
 
 
 @labelstudio
-def test_check_personal_access_token(labelstudio_server: ServerInfo) -> None:
-    # Label Studio allows one Personal Access Token per user, so only this test creates one.
-    response = requests.post(
-        f"{labelstudio_server.url}/api/token/",
-        headers={"Authorization": f"Token {labelstudio_server.api_key}"},
-        timeout=30,
-    )
-    response.raise_for_status()
-    client = LabelStudioClient(labelstudio_server.url, response.json()["token"])
+def test_check_personal_access_token(labelstudio_server: ServerInfo, personal_access_token: str) -> None:
+    client = LabelStudioClient(labelstudio_server.url, personal_access_token)
 
+    assert client.token_kind == "Personal Access Token"
     assert client.check() == "1.23.2"
+
+
+@labelstudio
+def test_check_rejects_wrong_personal_access_token(
+    labelstudio_server: ServerInfo, personal_access_token: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    header, payload, signature = personal_access_token.split(".")
+    tampered = f"{header}.{payload}.{signature[::-1]}"
+    client = LabelStudioClient(labelstudio_server.url, tampered, retries=0)
+
+    with caplog.at_level(logging.DEBUG), pytest.raises(LabelStudioError) as raised:
+        client.check()
+
+    assert "rejected the Personal Access Token (401" in str(raised.value)
+    assert tampered not in str(raised.value)
+    assert payload not in str(raised.value)
+    assert tampered not in caplog.text
+
+
+@labelstudio
+def test_personal_access_token_push_and_pull(labelstudio_server: ServerInfo, personal_access_token: str) -> None:
+    client = LabelStudioClient(labelstudio_server.url, personal_access_token)
+    project_id = client.ensure_project(None, title="personal access token", maximum_annotations=1)
+    task_ids = client.push(project_id, _pair_tasks(3))
+    annotator_ids = ensure_annotators(client, 1)
+    submit_annotations(client, project_id, {task_ids["pair-1"]: ["right"]}, annotator_ids)
+
+    pulled = client.pull(project_id)
+
+    assert [(record.pair_id, record.choice) for record in pulled.annotations] == [("pair-1", "right")]
 
 
 def test_check_unreachable_server() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
-    client = LabelStudioClient(f"http://127.0.0.1:{closed_port}", "0" * 40, timeout=5)
+    client = LabelStudioClient(f"http://127.0.0.1:{closed_port}", "0" * 40, timeout=5, retries=0)
 
     with pytest.raises(LabelStudioError, match="cannot reach Label Studio"):
         client.check()
@@ -340,3 +372,16 @@ def test_open_tasks_and_counts(labelstudio_project: tuple[LabelStudioClient, int
     assert counts["tasks"] == 3
     assert counts["annotations"] == 2
     assert counts["skipped"] == 1
+
+
+@labelstudio
+def test_read_retried_after_5xx(labelstudio_project: tuple[LabelStudioClient, int], labelstudio_server: ServerInfo) -> None:
+    from labelstudio_helpers import FaultProxy
+
+    _, project_id = labelstudio_project
+    with FaultProxy(labelstudio_server.url, {("GET", f"/api/projects/{project_id}"): [502, 503]}) as proxy:
+        client = LabelStudioClient(proxy.url, labelstudio_server.api_key, backoff=0.05)
+        counts = client.counts(project_id)
+
+    assert counts["tasks"] == 0
+    assert proxy.count("GET", f"/api/projects/{project_id}") == 3

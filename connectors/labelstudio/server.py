@@ -4,7 +4,8 @@ Layout of a state dir:
 
 - ``data/``: the Label Studio data dir (SQLite database, media, and the XDG config, data and cache dirs,
   so that nothing is written to the home folder).
-- ``credentials.json``: admin email, password, legacy API token and Django ``SECRET_KEY``, mode 0600.
+- ``credentials.json``: admin email, password, legacy API token and Django ``SECRET_KEY``, mode 0600,
+  unique to the state dir even when its data was copied from a template.
 - ``server.json``: pid, port and URL of the running server, removed by `stop_server`.
 - ``server.log``: the server's stdout and stderr.
 
@@ -14,23 +15,32 @@ so that it sends no traffic to other hosts. Behaviour described here was measure
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-import secrets
 import shutil
 import signal
 import socket
-import string
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 
+from connectors.labelstudio.template import (
+    CREDENTIALS_FILE,
+    DATA_DIR,
+    DATABASE_FILE,
+    copy_template,
+    environment_template_dir,
+    is_initialised,
+    new_credentials,
+)
+from connectors.labelstudio.template import read_json as _read_json
+from connectors.labelstudio.template import write_json as _write_json
 from engine.errors import LabelStudioError
 
 logger = logging.getLogger(__name__)
@@ -38,11 +48,11 @@ logger = logging.getLogger(__name__)
 TEMPLATE_ENV_VAR = "PREFSCOUT_LABEL_STUDIO_TEMPLATE"
 INSTALL_HINT = "pip install 'prefscout[server]'"
 
-_DATA_DIR = "data"
-_CREDENTIALS_FILE = "credentials.json"
+_DATA_DIR = DATA_DIR
+_CREDENTIALS_FILE = CREDENTIALS_FILE
 _SERVER_FILE = "server.json"
 _LOG_FILE = "server.log"
-_DATABASE_FILE = "label_studio.sqlite3"
+_DATABASE_FILE = DATABASE_FILE
 
 _HOST = "127.0.0.1"
 _MAX_PORT_SCAN = 100
@@ -59,9 +69,11 @@ class ServerInfo:
     """Address and admin credentials of a running Label Studio server."""
 
     url: str
-    api_key: str
+    api_key: str = field(repr=False)
     pid: int | None
     state_dir: Path
+    # The port asked for, when it was busy and another one is used; not part of the server's identity.
+    requested_port: int | None = field(default=None, compare=False)
 
 
 def start_server(
@@ -74,10 +86,11 @@ def start_server(
 ) -> ServerInfo:
     """Start the Label Studio server of `state_dir`, or return the one already running there.
 
-    On the first start the state dir is initialised: either copied from `template_dir` (default: the
-    ``PREFSCOUT_LABEL_STUDIO_TEMPLATE`` environment variable), or created by ``label-studio init`` with a
-    generated admin user. A copy shares the template's API token, password and SECRET_KEY, which suits
-    tests and demos only. The server listens on 127.0.0.1 at the first free port at or above `port`.
+    On the first start the state dir is initialised by copying a template: `template_dir`, else the
+    one named by ``PREFSCOUT_LABEL_STUDIO_TEMPLATE``, else the environment's own template when
+    `prefscout labelstudio template` has built it. The copy gets new credentials. Without any template,
+    ``label-studio init`` creates the state dir (about a minute). The server listens on 127.0.0.1 at the
+    first free port at or above `port`; `ServerInfo.requested_port` is set when that is not `port`.
 
     Raises LabelStudioError when the executable is missing, initialisation fails, or the server exits or
     does not respond to ``/health`` within `timeout` seconds. The message then contains the end of server.log.
@@ -101,7 +114,13 @@ def start_server(
     url = f"http://{_HOST}:{real_port}"
     _write_json(state_dir / _SERVER_FILE, {"pid": process.pid, "port": real_port, "url": url}, mode=0o644)
     logger.info("Label Studio started at %s (pid %d, state dir %s)", url, process.pid, state_dir)
-    return ServerInfo(url=url, api_key=credentials["api_key"], pid=process.pid, state_dir=state_dir)
+    return ServerInfo(
+        url=url,
+        api_key=credentials["api_key"],
+        pid=process.pid,
+        state_dir=state_dir,
+        requested_port=port if real_port != port else None,
+    )
 
 
 def stop_server(state_dir: Path, *, timeout: float = 30.0) -> bool:
@@ -148,7 +167,8 @@ def server_status(state_dir: Path) -> dict:
     """Describe the server of `state_dir`.
 
     Keys: ``running`` (bool), ``url``, ``pid``, ``port`` (None when no server.json exists), ``version``
-    (from ``/api/version``, None when the server does not respond), ``state_dir`` and ``initialised``.
+    (from ``/api/version``, None when the server does not respond), ``state_dir``, ``initialised`` and
+    ``error``: None, or why a server that server.json records is not running or not responding.
     """
     state_dir = Path(state_dir).resolve()
     record = _read_json(state_dir / _SERVER_FILE) or {}
@@ -161,17 +181,44 @@ def server_status(state_dir: Path) -> dict:
         "version": None,
         "state_dir": str(state_dir),
         "initialised": credentials is not None,
+        "error": None,
     }
-
-    pid = record.get("pid")
-    url = record.get("url")
-    if not (isinstance(pid, int) and isinstance(url, str) and _is_label_studio_process(pid)):
+    if not record:
         return status
 
-    status["running"] = _health_ok(url)
-    if status["running"] and credentials is not None:
+    status["error"] = server_exit_reason(state_dir)
+    if status["error"] is not None:
+        return status
+    url = record.get("url")
+    status["running"] = isinstance(url, str) and _health_ok(url)
+    if not status["running"]:
+        status["error"] = (
+            f"Label Studio process {record.get('pid')} runs but {url}/health does not respond; "
+            f"wait for it, or stop it with `prefscout labelstudio stop` and start it again"
+        )
+    elif credentials is not None:
         status["version"] = _fetch_version(url, credentials["api_key"])
     return status
+
+
+def server_exit_reason(state_dir: Path) -> str | None:
+    """Return why the server recorded in `state_dir`/server.json is gone, or None while its process lives.
+
+    The reason names the pid and quotes the end of server.log, so a crash is reported instead of
+    being waited on. Also None when no server is recorded.
+    """
+    state_dir = Path(state_dir).resolve()
+    record = _read_json(state_dir / _SERVER_FILE)
+    if record is None:
+        return None
+    pid = record.get("pid")
+    if isinstance(pid, int) and _is_label_studio_process(pid):
+        return None
+    return (
+        f"Label Studio process {pid} (started for {state_dir}) is no longer running; it exited or was "
+        f"killed. Start it again with `prefscout labelstudio start`. Last lines of "
+        f"{state_dir / _LOG_FILE}:\n{_log_tail(state_dir, 10)}"
+    )
 
 
 def read_credentials(state_dir: Path) -> dict | None:
@@ -189,7 +236,43 @@ def initialise_state_dir(
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     executable = find_executable(label_studio_bin)
-    return _ensure_initialised(state_dir, executable, None, timeout=timeout)
+    credentials = read_credentials(state_dir)
+    if credentials is not None and is_initialised(state_dir):
+        return credentials
+    return _run_init(state_dir, executable, timeout=timeout)
+
+
+def build_environment_template(*, label_studio_bin: str | None = None, timeout: float = 300.0) -> Path:
+    """Build this environment's template (see `environment_template_dir`) unless it exists; return its path.
+
+    The init runs in a temporary folder beside the target, which is then renamed into place, so an
+    interrupted or concurrent build never leaves a half-initialised template.
+    """
+    target = environment_template_dir()
+    if is_initialised(target):
+        return target
+    executable = find_executable(label_studio_bin)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    except OSError as error:
+        raise LabelStudioError(
+            f"cannot write the Label Studio template under {target.parent}: {error}; the environment is "
+            f"read-only, so set {TEMPLATE_ENV_VAR} to a template built with initialise_state_dir elsewhere"
+        ) from error
+    try:
+        _run_init(staging, executable, timeout=timeout)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not is_initialised(target):
+                raise
+            logger.info("Another process built %s first; keeping that one", target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    logger.info("Built the Label Studio template %s", target)
+    return target
 
 
 def _running_server(state_dir: Path) -> ServerInfo | None:
@@ -248,50 +331,26 @@ def _ensure_initialised(
 ) -> dict:
     """Return the credentials of `state_dir`, initialising it from a template or by ``label-studio init``."""
     credentials = read_credentials(state_dir)
-    if credentials is not None and (state_dir / _DATA_DIR / _DATABASE_FILE).is_file():
+    if credentials is not None and is_initialised(state_dir):
         return credentials
 
     if template_dir is None and os.environ.get(TEMPLATE_ENV_VAR):
         template_dir = Path(os.environ[TEMPLATE_ENV_VAR])
+    if template_dir is None and is_initialised(environment_template_dir()):
+        template_dir = environment_template_dir()
     if template_dir is not None:
-        return _copy_template(Path(template_dir).resolve(), state_dir)
+        return copy_template(Path(template_dir), state_dir)
 
+    logger.warning(
+        "No Label Studio template found (build one with `prefscout labelstudio template`); running "
+        "label-studio init, which takes about a minute"
+    )
     return _run_init(state_dir, executable, timeout=timeout)
-
-
-def _copy_template(template_dir: Path, state_dir: Path) -> dict:
-    """Copy an initialised state dir's data and credentials into `state_dir`.
-
-    The copy shares the template's admin password, API token and SECRET_KEY, because the token is stored
-    in the copied database. That is fine for tests and demos but not for a server that others can reach.
-    """
-    credentials = read_credentials(template_dir)
-    if credentials is None or not (template_dir / _DATA_DIR / _DATABASE_FILE).is_file():
-        raise LabelStudioError(
-            f"Label Studio template {template_dir} is not an initialised state dir (expected "
-            f"{_CREDENTIALS_FILE} and {_DATA_DIR}/{_DATABASE_FILE}); create it with initialise_state_dir"
-        )
-
-    target = state_dir / _DATA_DIR
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(template_dir / _DATA_DIR, target)
-    _write_json(state_dir / _CREDENTIALS_FILE, credentials, mode=0o600)
-    logger.info("Copied Label Studio template %s into %s", template_dir, state_dir)
-    return credentials
 
 
 def _run_init(state_dir: Path, executable: str, *, timeout: float) -> dict:
     """Create the Label Studio database and admin user with generated credentials."""
-    alphanumeric = string.ascii_letters + string.digits
-    credentials = {
-        "email": f"admin-{secrets.token_hex(4)}@prefscout.local",
-        "password": secrets.token_urlsafe(24),
-        # Django REST framework tokens are at most 40 characters.
-        "api_key": secrets.token_hex(20),
-        # A key starting with "$" breaks Label Studio 1.23.2, so keep it alphanumeric.
-        "secret_key": "".join(secrets.choice(alphanumeric) for _ in range(50)),
-    }
+    credentials = new_credentials()
     data_dir = state_dir / _DATA_DIR
     data_dir.mkdir(parents=True, exist_ok=True)
     command = [
@@ -544,26 +603,3 @@ def _log_tail(state_dir: Path, lines: int = _LOG_TAIL_LINES) -> str:
         return "(no server.log)"
     text = log_path.read_text(encoding="utf-8", errors="replace")
     return "\n".join(text.splitlines()[-lines:])
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as file:
-            content = json.load(file)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as error:
-        raise LabelStudioError(f"cannot read {path}: {error}; fix or delete the file") from error
-    return content if isinstance(content, dict) else None
-
-
-def _write_json(path: Path, content: dict, *, mode: int) -> None:
-    """Write `content` atomically, creating the file with `mode` so a secret is never world-readable."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.unlink(missing_ok=True)
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-        json.dump(content, file, indent=2)
-        file.write("\n")
-    os.chmod(temporary, mode)
-    os.replace(temporary, path)
