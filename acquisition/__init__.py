@@ -6,6 +6,8 @@ stochastic).
 """
 
 from acquisition import strategies as _strategies  # noqa: F401  (registers the built-in strategies)
+from acquisition.modes import cluster_modes, mode_rarity, modes_from_values, shown_modes
+from acquisition.policy import load_policy, mean_token_logprob
 from acquisition.pool import CandidatePool, Selection
 from acquisition.registry import (
     Strategy,
@@ -22,6 +24,9 @@ from acquisition.scores import (
     pair_novelty,
     pair_uncertainty,
     predictive_entropy,
+    rank_within_prompt,
+    response_novelty_scores,
+    reward_optimism,
     scale_by_rank,
     within_prompt_rarity,
 )
@@ -34,19 +39,28 @@ __all__ = [
     "Selection",
     "Strategy",
     "bald",
+    "cluster_modes",
     "distance_to_seen",
     "get_strategy",
     "information_gain",
     "k_center_greedy",
+    "load_policy",
+    "mean_token_logprob",
+    "mode_rarity",
+    "modes_from_values",
     "pair_novelty",
     "pair_uncertainty",
     "predictive_entropy",
+    "rank_within_prompt",
     "register_strategy",
+    "response_novelty_scores",
+    "reward_optimism",
     "sample_by_score",
     "scale_by_rank",
     "select_batch",
     "select_diverse",
     "select_top_k",
+    "shown_modes",
     "strategy_names",
     "strategy_options",
     "within_prompt_rarity",

@@ -33,6 +33,14 @@ class CandidatePool:
         pair_b: (N,) int64, response positions of the second response, a different response to the
             same prompt.
         seen: (R,) bool, True for responses already shown to annotators in earlier rounds.
+        modes: (R,) int64 mode label of each response, or None. Two responses to one prompt share a
+            mode when they give the same answer (an answer field) or fall in one cluster. Labels
+            are compared within a prompt only. With modes, novelty is mode rarity and coverage.
+        features: (R, F) float32 features of the preference model, or None for the embeddings.
+            Acquisition scores uncertainty on these (for example embeddings joined with a one-hot
+            of the generator model), and novelty always on the embeddings.
+        policy_logprob: (R,) float64 mean token log-probability of each response under a policy
+            model, or None. When given, responses the policy rarely samples count as more novel.
 
     The constructor validates shapes, ranges and normalisation, raises `InputError` on a violation
     and converts the arrays to the dtypes above.
@@ -43,6 +51,9 @@ class CandidatePool:
     pair_a: np.ndarray
     pair_b: np.ndarray
     seen: np.ndarray
+    modes: np.ndarray | None = None
+    features: np.ndarray | None = None
+    policy_logprob: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         embeddings = _as_embeddings(self.embeddings)
@@ -74,6 +85,9 @@ class CandidatePool:
         object.__setattr__(self, "pair_a", pair_a)
         object.__setattr__(self, "pair_b", pair_b)
         object.__setattr__(self, "seen", seen)
+        object.__setattr__(self, "modes", _optional_modes(self.modes, n_responses))
+        object.__setattr__(self, "features", _optional_features(self.features, n_responses))
+        object.__setattr__(self, "policy_logprob", _optional_logprob(self.policy_logprob, n_responses))
 
     @property
     def n_pairs(self) -> int:
@@ -81,7 +95,13 @@ class CandidatePool:
 
     @property
     def dim(self) -> int:
-        return int(self.embeddings.shape[1])
+        """Dimension of the preference model's features (the embedding dimension by default)."""
+        return int(self.preference_features.shape[1])
+
+    @property
+    def preference_features(self) -> np.ndarray:
+        """Features the preference model reads, (R, F): `features`, or the embeddings when None."""
+        return self.embeddings if self.features is None else self.features
 
     def pair_prompts(self, pairs: np.ndarray | None = None) -> np.ndarray:
         """Return the prompt position of each pair, (N,) int64, or of `pairs` only."""
@@ -159,8 +179,9 @@ def iter_pair_blocks(n_pairs: int, block_size: int = PAIR_BLOCK_SIZE) -> Iterato
 
 
 def pair_differences(pool: CandidatePool, pairs: np.ndarray | slice) -> np.ndarray:
-    """Return phi(a) - phi(b) for the given pairs, (n, D) float32."""
-    return pool.embeddings[pool.pair_a[pairs]] - pool.embeddings[pool.pair_b[pairs]]
+    """Return phi(a) - phi(b) of the preference features for the given pairs, (n, F) float32."""
+    features = pool.preference_features
+    return features[pool.pair_a[pairs]] - features[pool.pair_b[pairs]]
 
 
 def pair_features(pool: CandidatePool, pairs: np.ndarray) -> np.ndarray:
@@ -194,6 +215,44 @@ def _as_embeddings(values: np.ndarray) -> np.ndarray:
             f"({bad.size} rows off): embed with normalize_embeddings=True or call faiss.normalize_L2."
         )
     return embeddings
+
+
+def _optional_modes(values: np.ndarray | None, n_responses: int) -> np.ndarray | None:
+    if values is None:
+        return None
+    modes = _as_index_array("modes", values)
+    if modes.shape != (n_responses,):
+        raise InputError(
+            f"modes has shape {modes.shape}, expected ({n_responses},): pass one mode label per "
+            "response, or None."
+        )
+    return modes
+
+
+def _optional_features(values: np.ndarray | None, n_responses: int) -> np.ndarray | None:
+    if values is None:
+        return None
+    features = np.ascontiguousarray(values, dtype=np.float32)
+    if features.ndim != 2 or features.shape[0] != n_responses or features.shape[1] == 0:
+        raise InputError(
+            f"features has shape {features.shape}, expected ({n_responses}, F) with F >= 1: pass "
+            "one feature row per response, or None to use the embeddings."
+        )
+    if not np.isfinite(features).all():
+        raise InputError("features contains NaN or infinite values: rebuild the preference features.")
+    return features
+
+
+def _optional_logprob(values: np.ndarray | None, n_responses: int) -> np.ndarray | None:
+    if values is None:
+        return None
+    logprob = np.asarray(values, dtype=np.float64)
+    if logprob.shape != (n_responses,) or not np.isfinite(logprob).all():
+        raise InputError(
+            f"policy_logprob has shape {logprob.shape} (finite values required), expected "
+            f"({n_responses},): pass one mean token log-probability per response, or None."
+        )
+    return logprob
 
 
 def _as_index_array(name: str, values: np.ndarray) -> np.ndarray:

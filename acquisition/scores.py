@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from acquisition.modes import mode_rarity, prompt_mode_keys, shown_modes
 from acquisition.pool import CandidatePool, iter_pair_blocks, pair_differences
 from engine.errors import ConfigError, InputError
 
@@ -33,6 +34,21 @@ UNCERTAINTY_MEASURES: tuple[str, ...] = ("bald", "entropy", "infogain")
 DEFAULT_UNCERTAINTY: UncertaintyMeasure = "bald"
 
 DEFAULT_NEIGHBORS = 10
+
+# With modes, a pair earns MODE_COVERAGE_WEIGHT per mode it shows for the first time (0, 1 or 2)
+# on top of its more novel response, so a pair that covers two new modes ranks above one that
+# covers one. It also earns TYPICAL_PARTNER_WEIGHT times the prompt share of its less rare
+# response's mode. Comparing a rare answer with the common one shows whether the rare one is
+# better, and such a vote is decisive more often than a vote between two rare answers.
+MODE_COVERAGE_WEIGHT = 0.25
+TYPICAL_PARTNER_WEIGHT = 0.5
+# A pair of two responses in one mode shows one answer only, so its score is halved.
+SAME_MODE_FACTOR = 0.5
+
+# Policy unlikelihood scales response novelty between this floor (the policy's most likely
+# response of the prompt) and 1 (its least likely), so it reorders novel responses without
+# vetoing any of them.
+POLICY_FLOOR = 0.5
 
 _faiss_module: ModuleType | None = None
 
@@ -132,13 +148,113 @@ def pair_novelty_from_responses(novelty: np.ndarray, pair_a: np.ndarray, pair_b:
     return np.maximum(novelty[pair_a], novelty[pair_b])
 
 
-def pair_novelty(pool: CandidatePool, *, n_neighbors: int = DEFAULT_NEIGHBORS) -> np.ndarray:
-    """Score every pair of the pool for novelty, (N,) float64, finite and >= 0."""
-    in_pairs = np.unique(np.concatenate([pool.pair_a, pool.pair_b]))
-    rarity = within_prompt_rarity(pool.embeddings, pool.response_prompt, n_neighbors=n_neighbors)
-    seen_distance = distance_to_seen(pool.embeddings, pool.seen, responses=in_pairs)
-    novelty = response_novelty(rarity, seen_distance)
-    return pair_novelty_from_responses(novelty, pool.pair_a, pool.pair_b)
+def pair_novelty(
+    pool: CandidatePool, *, n_neighbors: int = DEFAULT_NEIGHBORS, optimism: np.ndarray | None = None
+) -> np.ndarray:
+    """Score every pair of the pool for novelty, (N,) float64, finite and >= 0.
+
+    Without modes, a response's novelty is its within-prompt rarity times its distance to the seen
+    responses, and a pair takes the higher novelty of its two responses. With modes (see
+    `mode_pair_novelty`), rarity and coverage are counted in modes.
+
+    Args:
+        pool: the candidate pool.
+        n_neighbors: neighbours of the embedding rarity (unused with modes).
+        optimism: (R,) values in [0, 1] that multiply each response's novelty, for example
+            `reward_optimism`, or None.
+    """
+    novelty = response_novelty_scores(pool, n_neighbors=n_neighbors)
+    if optimism is not None:
+        novelty = novelty * optimism
+    if pool.modes is None:
+        return pair_novelty_from_responses(novelty, pool.pair_a, pool.pair_b)
+    return mode_pair_novelty(pool, novelty)
+
+
+def response_novelty_scores(pool: CandidatePool, *, n_neighbors: int = DEFAULT_NEIGHBORS) -> np.ndarray:
+    """Score each response of the pool for novelty, (R,) float64, finite and >= 0.
+
+    With modes: mode rarity (1 - share of the prompt's responses in the mode) for a response whose
+    (prompt, mode) has not been shown yet, else 0. Without: within-prompt embedding rarity times
+    the distance to the seen responses. With `pool.policy_logprob`, the score is also scaled by how
+    unlikely the response is under the policy among its prompt's responses (`POLICY_FLOOR` to 1).
+    Responses that are in no pair get 0.
+    """
+    if pool.modes is not None:
+        rarity = mode_rarity(pool.modes, pool.response_prompt)
+        novelty = np.where(shown_modes(pool.modes, pool.response_prompt, pool.seen), 0.0, rarity)
+    else:
+        in_pairs = np.unique(np.concatenate([pool.pair_a, pool.pair_b]))
+        rarity = within_prompt_rarity(pool.embeddings, pool.response_prompt, n_neighbors=n_neighbors)
+        seen_distance = distance_to_seen(pool.embeddings, pool.seen, responses=in_pairs)
+        novelty = np.nan_to_num(response_novelty(rarity, seen_distance), nan=0.0)
+
+    if pool.policy_logprob is not None:
+        unlikelihood = rank_within_prompt(-pool.policy_logprob, pool.response_prompt)
+        novelty = novelty * (POLICY_FLOOR + (1.0 - POLICY_FLOOR) * unlikelihood)
+    return novelty
+
+
+def mode_pair_novelty(pool: CandidatePool, novelty: np.ndarray) -> np.ndarray:
+    """Score pairs from response novelty (R,) and the pool's modes, (N,) float64.
+
+    The score is the higher response novelty, plus MODE_COVERAGE_WEIGHT per mode the pair would
+    show for the first time, plus TYPICAL_PARTNER_WEIGHT times the share of the prompt's responses
+    in the mode of the pair's less rare response. A pair whose two responses share a mode counts
+    that mode once and gets SAME_MODE_FACTOR times the sum.
+    """
+    if pool.modes is None:
+        raise InputError("mode_pair_novelty needs a pool with modes: pass modes= to CandidatePool.")
+    keys = prompt_mode_keys(pool.modes, pool.response_prompt)
+    unshown = ~shown_modes(pool.modes, pool.response_prompt, pool.seen)
+    same_mode = keys[pool.pair_a] == keys[pool.pair_b]
+
+    rarity = mode_rarity(pool.modes, pool.response_prompt)
+    best = np.maximum(novelty[pool.pair_a], novelty[pool.pair_b])
+    new_modes = unshown[pool.pair_a].astype(np.float64) + np.where(same_mode, 0.0, unshown[pool.pair_b])
+    partner_share = 1.0 - np.minimum(rarity[pool.pair_a], rarity[pool.pair_b])
+    scores = best + MODE_COVERAGE_WEIGHT * new_modes + TYPICAL_PARTNER_WEIGHT * partner_share
+    return np.where(same_mode, SAME_MODE_FACTOR * scores, scores)
+
+
+def reward_optimism(pool: CandidatePool, model: PreferenceModel) -> np.ndarray:
+    """Rank each response by an optimistic reward among its prompt's responses, (R,) in [0, 1].
+
+    The optimistic reward is the ensemble mean reward plus one ensemble standard deviation (an
+    upper confidence bound), so a response that the model rates well, or has little evidence on,
+    ranks high. Multiplying novelty by this rank favours rare responses that may well be the better
+    ones over rare responses the model already rates poorly.
+    """
+    if model.dim != pool.dim:
+        raise InputError(
+            f"the preference model was fitted on {model.dim}-dim features but the pool has "
+            f"{pool.dim}: refit the model on features built the same way."
+        )
+    member_rewards = pool.preference_features.astype(np.float64) @ model.weights.T  # (R, M)
+    upper = member_rewards.mean(axis=1) + member_rewards.std(axis=1)
+    return rank_within_prompt(upper, pool.response_prompt)
+
+
+def rank_within_prompt(values: np.ndarray, response_prompt: np.ndarray) -> np.ndarray:
+    """Map values (R,) to [0, 1] by rank among the responses of the same prompt, (R,) float64.
+
+    The lowest value of a prompt gets 0 and the highest 1. Ties get consecutive ranks in position
+    order. A response alone in its prompt gets 1.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    response_prompt = np.asarray(response_prompt, dtype=np.int64)
+    if values.size == 0:
+        return np.empty(0)
+    order = np.lexsort((values, response_prompt))
+    sorted_prompts = response_prompt[order]
+    is_start = np.concatenate([[True], sorted_prompts[1:] != sorted_prompts[:-1]])
+    group_start = np.maximum.accumulate(np.where(is_start, np.arange(values.size), 0))
+    group_size = np.bincount(response_prompt)[sorted_prompts]
+    rank = (np.arange(values.size) - group_start) / np.maximum(group_size - 1, 1)
+    rank = np.where(group_size == 1, 1.0, rank)
+    ranks = np.empty(values.size)
+    ranks[order] = rank
+    return ranks
 
 
 def predictive_entropy(member_probabilities: np.ndarray) -> np.ndarray:
@@ -179,8 +295,9 @@ def pair_uncertainty(
         )
     if model.dim != pool.dim:
         raise InputError(
-            f"the preference model was fitted on {model.dim}-dim embeddings but the pool has "
-            f"{pool.dim}: refit the model on embeddings from the same embedding model."
+            f"the preference model was fitted on {model.dim}-dim features but the pool has "
+            f"{pool.dim}: refit the model on features from the same embedding model (and the "
+            "same generator features, if any)."
         )
 
     information_inverse = None

@@ -5,7 +5,10 @@
 - `uncertainty`: pair uncertainty under the preference model, then a diverse batch. Without a model
   it falls back to novelty (cold start) and logs it.
 - `hybrid` (the default): novelty and uncertainty mapped to [0, 1] by rank, combined with
-  `novelty_weight`, then a diverse batch. Without a model it uses novelty alone.
+  `novelty_weight`, then a diverse batch. Without a model it uses novelty alone. With a model and
+  `optimism=True` (the default), each response's novelty is multiplied by the rank of its
+  optimistic reward within its prompt (`reward_optimism`), so rare responses that the model rates
+  well come first.
 - `stochastic`: the hybrid score, then sampling in proportion to exp(score / temperature), with a
   propensity for each pick. It applies no per-prompt cap and no k-center step, because either one
   would change the pick probabilities that the propensities record.
@@ -29,6 +32,7 @@ from acquisition.scores import (
     DEFAULT_UNCERTAINTY,
     pair_novelty,
     pair_uncertainty,
+    reward_optimism,
     scale_by_rank,
 )
 from acquisition.selectors import (
@@ -122,6 +126,7 @@ def select_hybrid(
     novelty_weight: float = DEFAULT_NOVELTY_WEIGHT,
     uncertainty: str = DEFAULT_UNCERTAINTY,
     n_neighbors: int = DEFAULT_NEIGHBORS,
+    optimism: bool = True,
     selector: Selector = "kcenter",
     max_per_prompt: int | None = DEFAULT_MAX_PER_PROMPT,
     prefilter: int | None = None,
@@ -133,7 +138,12 @@ def select_hybrid(
     """
     _check_selector(selector)
     combined, novelty, uncertainty_scores = _hybrid_scores(
-        pool, model, novelty_weight=novelty_weight, uncertainty=uncertainty, n_neighbors=n_neighbors
+        pool,
+        model,
+        novelty_weight=novelty_weight,
+        uncertainty=uncertainty,
+        n_neighbors=n_neighbors,
+        optimism=optimism,
     )
     picked = _pick(pool, combined, k, rng, selector, max_per_prompt, prefilter)
     return Selection.build(picked, combined, novelty=novelty, uncertainty=uncertainty_scores)
@@ -149,6 +159,7 @@ def select_stochastic(
     novelty_weight: float = DEFAULT_NOVELTY_WEIGHT,
     uncertainty: str = DEFAULT_UNCERTAINTY,
     n_neighbors: int = DEFAULT_NEIGHBORS,
+    optimism: bool = True,
 ) -> Selection:
     """Sample a batch in proportion to exp(hybrid score / temperature) and record propensities.
 
@@ -156,7 +167,12 @@ def select_stochastic(
     e^10 (about 22,000) times the worst.
     """
     combined, novelty, uncertainty_scores = _hybrid_scores(
-        pool, model, novelty_weight=novelty_weight, uncertainty=uncertainty, n_neighbors=n_neighbors
+        pool,
+        model,
+        novelty_weight=novelty_weight,
+        uncertainty=uncertainty,
+        n_neighbors=n_neighbors,
+        optimism=optimism,
     )
     picked, propensity = sample_by_score(combined, k, rng, temperature=temperature)
     return Selection.build(
@@ -171,15 +187,19 @@ def _hybrid_scores(
     novelty_weight: float,
     uncertainty: str,
     n_neighbors: int,
+    optimism: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Return the combined score, the novelty and the uncertainty (None without a model), (N,) each."""
     if not 0.0 <= novelty_weight <= 1.0:
         raise ConfigError(f"novelty_weight is {novelty_weight!r}, expected a value in [0, 1].")
 
-    novelty = pair_novelty(pool, n_neighbors=n_neighbors)
     if model is None:
         logger.info("no preference model yet (cold start): scoring by novelty alone")
+        novelty = pair_novelty(pool, n_neighbors=n_neighbors)
         return scale_by_rank(novelty), novelty, None
+
+    optimistic_rank = reward_optimism(pool, model) if optimism else None
+    novelty = pair_novelty(pool, n_neighbors=n_neighbors, optimism=optimistic_rank)
 
     uncertainty_scores = pair_uncertainty(pool, model, uncertainty=uncertainty)
     combined = novelty_weight * scale_by_rank(novelty) + (1.0 - novelty_weight) * scale_by_rank(

@@ -101,7 +101,7 @@ def read_candidate_pairs(
             continue
         unknown = [str(value) for value in ids if str(value) not in resolve]
         if unknown:
-            problems.append(RowProblem(location, f"response id {unknown[0]!r} is not in the workspace; ingest its outputs first"))
+            problems.append(RowProblem(location, f"response id {unknown[0]!r} is not in the workspace: it was never ingested, or ingest rejected its row (see the ingest report)"))
             continue
         first, second = (positions.get(resolve[str(value)]) for value in ids)
         if first is None or second is None:

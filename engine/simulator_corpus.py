@@ -1,0 +1,145 @@
+"""Model outputs for the offline simulator: responses grouped by prompt, embedded through a file cache.
+
+The simulator works without a workspace, so it reads the outputs file directly and keeps its own
+embedding cache: an `.npz` file mapping the SHA-256 of each embedded text to its vector. A corpus is
+embedded once and every later run reads the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import InputError
+from engine.records import FieldMap, read_outputs
+
+logger = logging.getLogger(__name__)
+
+# Texts per Embedder.embed call, and per cache save, so an interrupted run keeps what it embedded.
+CACHE_CHUNK = 512
+
+
+@dataclass(frozen=True)
+class SimulationCorpus:
+    """Responses of an outputs file in file order, with prompt positions and metadata.
+
+    Attributes:
+        prompt_ids: (P,) prompt id of each prompt position.
+        response_ids: (R,) response id of each response position.
+        response_prompt: (R,) int64 prompt position of each response.
+        models: (R,) generator model of each response, None when the file has none.
+        texts: (R,) response texts.
+        metadata: (R,) the row's other fields (for example `answer_key`, `correct`).
+    """
+
+    prompt_ids: list[str]
+    response_ids: list[str]
+    response_prompt: np.ndarray
+    models: list[str | None]
+    texts: list[str]
+    metadata: list[dict[str, Any]]
+
+    @property
+    def n_responses(self) -> int:
+        return len(self.response_ids)
+
+    def field_values(self, name: str) -> list[Any]:
+        """Return the metadata field `name` of every response, None where a row lacks it."""
+        return [row.get(name) for row in self.metadata]
+
+
+def read_corpus(path: Path, fields: FieldMap = FieldMap()) -> SimulationCorpus:
+    """Read an outputs file into a SimulationCorpus; a duplicate response id keeps its first row.
+
+    Raises InputError when the file has no valid row. Invalid rows are logged and skipped.
+    """
+    result = read_outputs(path, fields)
+    for problem in result.problems[:10]:
+        logger.warning("skipped invalid row %s", problem)
+    if not result.records:
+        raise InputError(f"{path}: no valid output rows; check the field names (--prompt-field, --response-field)")
+
+    prompt_position: dict[str, int] = {}
+    seen_ids: set[str] = set()
+    response_ids, response_prompt, models, texts, metadata = [], [], [], [], []
+    for record in result.records:
+        if record.response_id in seen_ids:
+            logger.warning("response id %r appears twice in %s; the first row is kept", record.response_id, path)
+            continue
+        seen_ids.add(record.response_id)
+        position = prompt_position.setdefault(record.prompt_id, len(prompt_position))
+        response_ids.append(record.response_id)
+        response_prompt.append(position)
+        models.append(record.model)
+        texts.append(record.response)
+        metadata.append(record.metadata)
+    return SimulationCorpus(
+        prompt_ids=list(prompt_position),
+        response_ids=response_ids,
+        response_prompt=np.asarray(response_prompt, dtype=np.int64),
+        models=models,
+        texts=texts,
+        metadata=metadata,
+    )
+
+
+def text_for_embedding(text: str, tail_chars: int | None) -> str:
+    """Return the part of a response that is embedded: all of it, or its last `tail_chars` characters."""
+    if tail_chars is None or len(text) <= tail_chars:
+        return text
+    return text[-tail_chars:]
+
+
+def embed_with_cache(
+    texts: list[str],
+    cache_path: Path,
+    *,
+    model_name: str | None = None,
+    truncate: bool = False,
+    tail_chars: int | None = None,
+) -> np.ndarray:
+    """Embed texts through an `.npz` cache keyed by the SHA-256 of the embedded text, (N, D) float32.
+
+    The cache file belongs to one embedding model and one `truncate` setting: use one file per
+    combination. `tail_chars` cuts each text to its last characters before hashing and embedding.
+    """
+    pieces = [text_for_embedding(text, tail_chars) for text in texts]
+    hashes = [hashlib.sha256(piece.encode("utf-8")).hexdigest() for piece in pieces]
+    cached = _read_cache(cache_path)
+
+    missing: dict[str, str] = {}
+    for digest, piece in zip(hashes, pieces):
+        if digest not in cached:
+            missing.setdefault(digest, piece)
+    if missing:
+        from engine.embedding import Embedder
+
+        logger.info("embedding %d texts not in %s", len(missing), cache_path)
+        embedder = Embedder(model_name, truncate=truncate)
+        items = list(missing.items())
+        for start in range(0, len(items), CACHE_CHUNK):
+            chunk = items[start : start + CACHE_CHUNK]
+            vectors = embedder.embed([piece for _, piece in chunk]).vectors
+            cached.update({digest: vector for (digest, _), vector in zip(chunk, vectors)})
+            _write_cache(cache_path, cached)
+            logger.info("embedded %d of %d texts", min(start + CACHE_CHUNK, len(items)), len(items))
+    return np.stack([cached[digest] for digest in hashes]).astype(np.float32)
+
+
+def _read_cache(path: Path) -> dict[str, np.ndarray]:
+    if not path.exists():
+        return {}
+    with np.load(path) as data:
+        return dict(zip(data["hashes"].tolist(), data["vectors"]))
+
+
+def _write_cache(path: Path, cached: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.npz")
+    np.savez(partial, hashes=np.asarray(list(cached)), vectors=np.stack(list(cached.values())))
+    partial.replace(path)

@@ -1,0 +1,66 @@
+"""`prefscout simulate`: turn command-line options into a simulation, run it and write its files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from acquisition.modes import DEFAULT_MODE_THRESHOLD
+from engine.errors import ConfigError
+from engine.simulator import SimulationSettings, simulate
+from engine.simulator_oracles import DEFAULT_SHARPNESS
+from engine.simulator_report import write_outputs
+from engine.simulator_setup import SimulationInput, build_simulation
+
+logger = logging.getLogger(__name__)
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """Parse KEY=VALUE strategy options; a VALUE that is JSON (1, 0.5, null, true) is decoded."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, separator, raw = pair.partition("=")
+        if not separator or not key:
+            raise ConfigError(f"--option {pair!r} is not KEY=VALUE, as in --option max_per_prompt=1.")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    return options
+
+
+def run_from_arguments(args: argparse.Namespace) -> Path:
+    """Run the simulation that the parsed `simulate` options describe; return the summary.json path."""
+    started = time.perf_counter()
+    spec = SimulationInput(
+        outputs=args.outputs,
+        oracle=args.oracle,
+        embedding_cache=args.embedding_cache or args.out / "embeddings.npz",
+        mode_field=args.mode_field,
+        mode_threshold=DEFAULT_MODE_THRESHOLD if args.mode_threshold is None else args.mode_threshold,
+        generator_feature=args.generator_feature,
+        truncate=args.truncate,
+        tail_chars=args.tail_chars,
+        oracle_seed=args.oracle_seed,
+        sharpness=DEFAULT_SHARPNESS if args.sharpness is None else args.sharpness,
+    )
+    settings = SimulationSettings(
+        strategies=[name.strip() for name in args.strategies.split(",") if name.strip()],
+        budget=args.budget,
+        rounds=args.rounds,
+        seeds=args.seeds,
+        first_seed=args.first_seed,
+        heldout_fraction=args.heldout_fraction,
+        n_members=args.members,
+        l2=args.l2,
+        options=parse_options(args.option),
+    )
+    data, oracle, _ = build_simulation(spec)
+    rows, references = simulate(data, oracle, settings)
+    recorded = {**vars(spec), **vars(settings), "seconds": round(time.perf_counter() - started, 1)}
+    paths = write_outputs(args.out, rows, references, recorded)
+    return paths["summary"]

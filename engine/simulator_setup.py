@@ -1,0 +1,132 @@
+"""Build a simulation from an outputs file: embeddings, candidate pairs, modes, features and the oracle.
+
+This is the layer behind `prefscout simulate`; `engine.simulator` runs the rounds on arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from acquisition.modes import DEFAULT_MODE_THRESHOLD, cluster_modes, modes_from_values
+from engine.errors import ConfigError, InputError
+from engine.simulator import SimulationData
+from engine.simulator_corpus import SimulationCorpus, embed_with_cache, read_corpus
+from engine.simulator_oracles import (
+    DEFAULT_SHARPNESS,
+    CorrectnessOracle,
+    Oracle,
+    RecordedVotesOracle,
+    SyntheticOracle,
+    parse_oracle,
+)
+
+logger = logging.getLogger(__name__)
+
+# Oracle fields that must never become modes or features, because strategies would then read them.
+ORACLE_FIELDS = frozenset({"correct", "gold_answer"})
+
+
+@dataclass(frozen=True)
+class SimulationInput:
+    outputs: Path
+    oracle: str  # votes:FILE, correctness or bt-synthetic
+    embedding_cache: Path
+    mode_field: str | None = None
+    mode_threshold: float = DEFAULT_MODE_THRESHOLD
+    generator_feature: bool = False
+    truncate: bool = False
+    tail_chars: int | None = None
+    embedding_model: str | None = None
+    oracle_seed: int = 0
+    sharpness: float = DEFAULT_SHARPNESS
+
+
+def build_simulation(spec: SimulationInput) -> tuple[SimulationData, Oracle, SimulationCorpus]:
+    """Read, embed (through the cache) and assemble the arrays and oracle of one simulation."""
+    if spec.mode_field in ORACLE_FIELDS:
+        raise ConfigError(
+            f"--mode-field {spec.mode_field!r} is an oracle field, which acquisition must never read: "
+            "use an answer field such as answer_key."
+        )
+    kind, votes_path = parse_oracle(spec.oracle)
+    corpus = read_corpus(spec.outputs)
+    embeddings = embed_with_cache(
+        corpus.texts,
+        spec.embedding_cache,
+        model_name=spec.embedding_model,
+        truncate=spec.truncate,
+        tail_chars=spec.tail_chars,
+    )
+
+    if kind == "votes":
+        oracle: Oracle = RecordedVotesOracle.from_file(votes_path, corpus)
+        pair_a, pair_b = oracle.pair_a, oracle.pair_b
+    else:
+        pair_a, pair_b = distinct_pairs(corpus)
+        if kind == "correctness":
+            oracle = CorrectnessOracle.from_corpus(corpus)
+        else:
+            oracle = SyntheticOracle.build(embeddings, pair_a, pair_b, seed=spec.oracle_seed, sharpness=spec.sharpness)
+
+    if spec.mode_field is not None:
+        values = corpus.field_values(spec.mode_field)
+        if all(value is None for value in values):
+            raise InputError(f"no response has the mode field {spec.mode_field!r}: check --mode-field.")
+        modes = modes_from_values(values, corpus.response_prompt)
+    else:
+        modes = cluster_modes(embeddings, corpus.response_prompt, threshold=spec.mode_threshold)
+
+    features = generator_features(embeddings, corpus.models) if spec.generator_feature else None
+    correct = None
+    if kind == "correctness":
+        correct = oracle.correct
+    data = SimulationData(
+        embeddings=embeddings,
+        response_prompt=corpus.response_prompt,
+        pair_a=pair_a,
+        pair_b=pair_b,
+        modes=modes,
+        features=features,
+        correct=correct,
+    )
+    logger.info(
+        "simulation: %d responses, %d prompts, %d candidate pairs, %d distinct modes",
+        corpus.n_responses, len(corpus.prompt_ids), pair_a.size, np.unique(modes).size,
+    )
+    return data, oracle, corpus
+
+
+def distinct_pairs(corpus: SimulationCorpus) -> tuple[np.ndarray, np.ndarray]:
+    """Return (a, b) response positions of every pair of two different texts to one prompt, a < b."""
+    firsts, seconds = [], []
+    order = np.argsort(corpus.response_prompt, kind="stable")
+    boundaries = np.flatnonzero(np.diff(corpus.response_prompt[order])) + 1
+    for members in np.split(order, boundaries):
+        if members.size < 2:
+            continue
+        upper_i, upper_j = np.triu_indices(members.size, k=1)
+        first, second = members[upper_i], members[upper_j]
+        different = np.array([corpus.texts[a] != corpus.texts[b] for a, b in zip(first, second)], dtype=bool)
+        firsts.append(first[different])
+        seconds.append(second[different])
+    if not firsts:
+        raise InputError("no prompt has two different responses, so there is no pair to simulate.")
+    return np.concatenate(firsts).astype(np.int64), np.concatenate(seconds).astype(np.int64)
+
+
+def generator_features(embeddings: np.ndarray, models: list[str | None]) -> np.ndarray:
+    """Join the embeddings with a one-hot of each response's generator model, (R, D + G) float32.
+
+    A response without a model gets zeros, so the model learns one reward offset per generator.
+    """
+    names = sorted({name for name in models if name is not None})
+    column = {name: index for index, name in enumerate(names)}
+    one_hot = np.zeros((len(models), len(names)), dtype=np.float32)
+    for row, name in enumerate(models):
+        if name is not None:
+            one_hot[row, column[name]] = 1.0
+    return np.concatenate([embeddings.astype(np.float32), one_hot], axis=1)
