@@ -81,6 +81,7 @@ def run_demo(
     print(f"  store:             {workspace.store_path}")
     print(f"  FAISS indexes:     {workspace.index_dir}")
     print(f"  training set:      {out_dir / 'train.jsonl'} (and .parquet, test.*)")
+    print(f"  other forms:       {out_dir / 'conversational'}, {out_dir / 'kto'}, {out_dir / 'hf'}")
     print(f"  datasheet:         {out_dir / 'datasheet.md'}")
     if local:
         print(f"  Label Studio data: {workspace.labelstudio_dir}")
