@@ -61,6 +61,15 @@ class Connection:
     local: bool  # the workspace's own managed server
     state_dir: Path | None = None  # the managed server's state dir when `local`
 
+    @property
+    def server_key(self) -> str:
+        """Name of the server in stored ids: "local" for the workspace's own server, else its URL.
+
+        The local server may come back on another port after a restart; its data dir, and so its
+        projects and tasks, are the same, so its ids must not depend on the URL.
+        """
+        return "local" if self.local else self.url
+
 
 def resolve_connection(workspace: Workspace, url: str | None = None) -> Connection:
     """Pick the server: `--url` or $LABEL_STUDIO_URL with $LABEL_STUDIO_API_KEY, else the local one."""
@@ -118,7 +127,7 @@ def open_project(workspace: Workspace, store: Store, connection: Connection) -> 
     settings = workspace.load_config().labelstudio
     client = make_client(connection, settings)
     client.check()
-    meta_key = project_meta_key(connection.url)
+    meta_key = project_meta_key(connection.server_key)
     stored = store.get_meta(meta_key)
     project_id = client.ensure_project(
         int(stored) if stored else None,
@@ -128,7 +137,7 @@ def open_project(workspace: Workspace, store: Store, connection: Connection) -> 
     )
     if stored != str(project_id):
         store.set_meta(meta_key, str(project_id))
-    return Project(client=client, project_id=project_id, key=f"{connection.url}#{project_id}", settings=settings)
+    return Project(client=client, project_id=project_id, key=f"{connection.server_key}#{project_id}", settings=settings)
 
 
 # ---- push
@@ -251,7 +260,7 @@ def pull_votes(store: Store, project: Project, *, full: bool = False) -> PullRep
     store.set_meta(watermark_key, watermark.isoformat())
 
     if report.invalid:
-        logger.warning("%d annotations had results the labelling config cannot produce", len(report.invalid))
+        logger.info("%d annotations had results the labelling config cannot produce", len(report.invalid))
     logger.info(
         "%s pull of %s: %d tasks read, %d votes added, %d updated, %d removed",
         report.mode, project.key, report.tasks_read, report.added, report.updated, report.removed,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 from engine.cli import print_json
 from engine.errors import ConfigError, LabelStudioError, PrefscoutError
@@ -22,6 +23,12 @@ def open_store(workspace: Workspace, *, create: bool = False) -> Store:
             "--workspace DIR (or set PREFSCOUT_WORKSPACE) to use another one"
         )
     return Store(workspace.store_path)
+
+
+def require_folder_path(path: Path) -> None:
+    """Reject an output path that exists and is not a folder, before any work starts."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {path} is an existing file; give a folder path (it is created if missing)")
 
 
 def run_ingest(workspace: Workspace, args: argparse.Namespace) -> int:
@@ -71,7 +78,7 @@ def run_round(workspace: Workspace, args: argparse.Namespace) -> int:
         model_note = (
             f"preference model trained on {report.decisive_votes} decisive votes"
             if report.model_trained
-            else "no preference model yet (cold start: novelty only)"
+            else "no preference model yet: too few decisive votes"
         )
         print(
             f"round {report.round_id}: {report.strategy} selected {report.selected} of {report.pool_size} "
@@ -144,6 +151,7 @@ def run_export(workspace: Workspace, args: argparse.Namespace) -> int:
     }
     options = dataclasses.replace(options, **{key: value for key, value in overrides.items() if value is not None})
     out_dir = args.out or workspace.exports_dir / "latest"
+    require_folder_path(out_dir)
     with open_store(workspace) as store:
         summary = export_dataset(store, out_dir, options)
     counts = summary.datasheet["counts"]
@@ -179,6 +187,7 @@ def run_simulate_annotators(workspace: Workspace, args: argparse.Namespace) -> i
 def run_simulate(workspace: Workspace, args: argparse.Namespace) -> int:
     from engine.simulator_run import run_from_arguments
 
+    require_folder_path(args.out)
     summary_path = run_from_arguments(args)
     print(f"simulation written to {summary_path.parent} (summary.json, rounds.csv, learning_curves.png)")
     return 0

@@ -133,6 +133,8 @@ def _check_options(options: ExportSettings) -> None:
         raise ConfigError(f"export min_votes must be at least 1, got {options.min_votes}")
     if not 0 <= options.min_agreement <= 1:
         raise ConfigError(f"export min_agreement must be in [0, 1], got {options.min_agreement}")
+    if options.seed < 0:
+        raise ConfigError(f"export seed must be 0 or more, got {options.seed}")
     if options.max_rows_per_cluster < 0:
         raise ConfigError(f"export max_rows_per_cluster must be 0 (no cap) or more, got {options.max_rows_per_cluster}")
     if options.prompt_clusters < 0:

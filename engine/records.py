@@ -144,6 +144,8 @@ def _parse_json_line(raw: bytes, location: Location) -> dict[str, Any] | RowProb
             f"bytes that are not UTF-8 at column {error.start + 1}; re-encode the file as UTF-8 "
             "(for example `iconv -f latin1 -t utf-8`)",
         )
+    if location.line == 1:
+        text = text.removeprefix("\ufeff")  # a byte order mark that some editors write
     if not text.strip():
         return RowProblem(location, "empty line; remove it")
     try:
@@ -211,6 +213,10 @@ def validate_row(row: dict[str, Any], location: Location, fields: FieldMap) -> O
     if is_blank(response):
         return RowProblem(location, "empty or whitespace-only response; nothing to compare, remove the row")
 
+    conversation_problem = check_messages(row.get("messages"), response)
+    if conversation_problem is not None:
+        return RowProblem(location, conversation_problem)
+
     try:
         prompt_id = _optional_id(row.get(fields.prompt_id))
         response_id = _optional_id(row.get(fields.response_id))
@@ -232,6 +238,29 @@ def validate_row(row: dict[str, Any], location: Location, fields: FieldMap) -> O
         metadata=metadata,
         location=location,
     )
+
+
+def check_messages(messages: Any, response: str) -> str | None:
+    """Check an optional `messages` field: {role, content} turns ending with this response.
+
+    Annotators see `response`, and the conversational export takes its turns from `messages`, so the
+    two must agree. Returns what is wrong, or None.
+    """
+    if messages is None:
+        return None
+    expected = (
+        "`messages` must be a list of {role, content} turns whose last turn is the assistant turn "
+        "holding exactly the response text; fix the row or remove the field"
+    )
+    if not isinstance(messages, list) or not messages:
+        return expected
+    for turn in messages:
+        if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or not isinstance(turn.get("content"), str):
+            return expected
+    last = messages[-1]
+    if last["role"] != "assistant" or last["content"] != response:
+        return expected
+    return None
 
 
 def is_blank(text: str) -> bool:

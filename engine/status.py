@@ -134,9 +134,11 @@ def labelstudio_status(workspace: Workspace, url: str | None = None) -> dict[str
         status["running"] = True
     except PrefscoutError as error:
         status["error"] = status["error"] or str(error)
+        if not remote:
+            status["project_id"] = _stored_project_id(workspace, project_meta_key("local"))
         return _with_store_counts(workspace, status, None)
 
-    store_project = _stored_project_id(workspace, project_meta_key(connection.url))
+    store_project = _stored_project_id(workspace, project_meta_key(connection.server_key))
     if store_project is not None:
         try:
             counts = client.counts(store_project)
@@ -144,7 +146,7 @@ def labelstudio_status(workspace: Workspace, url: str | None = None) -> dict[str
             status["error"] = str(error)
         else:
             status.update({"project_id": store_project, "tasks": counts["tasks"], "annotations": counts["annotations"]})
-    project_key = f"{connection.url}#{store_project}" if store_project is not None else None
+    project_key = f"{connection.server_key}#{store_project}" if store_project is not None else None
     return _with_store_counts(workspace, status, project_key)
 
 

@@ -141,7 +141,7 @@ class Workspace:
         return self.root / "exports"
 
     def exists(self) -> bool:
-        return self.store_path.exists()
+        return self.store_path.exists() or self.config_path.exists()
 
     def create(self) -> None:
         """Create the folder and a default config.json; existing files are kept."""

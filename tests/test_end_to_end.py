@@ -189,3 +189,35 @@ def test_model_folder_option(tmp_path, capsys):
     assert main(["ingest", str(EXAMPLES / "outputs.jsonl"), "--model", "other-model", "--workspace", str(workspace)]) == 1
     assert "would mix incompatible vectors" in capsys.readouterr().err
     run_cli(workspace, "ingest", EXAMPLES / "outputs.jsonl", "--model", "all-MiniLM-L6-v2")
+
+
+def test_local_restart_other_port_same_project(tmp_path, capsys, local_server_env):
+    workspace = tmp_path / "ws"
+    run_cli(workspace, "labelstudio", "start", "--port", "18520")
+    try:
+        run_cli(workspace, "ingest", EXAMPLES / "outputs.jsonl")
+        run_cli(workspace, "round", "--budget", "3", "--seed", "1")
+        run_cli(workspace, "simulate-annotators", "--votes", EXAMPLES / "votes.jsonl", "--annotators", "1")
+        run_cli(workspace, "pull")
+        run_cli(workspace, "labelstudio", "stop")
+        run_cli(workspace, "labelstudio", "start", "--port", "18540")
+        capsys.readouterr()
+        run_cli(workspace, "push")
+        assert "pushed 0 new tasks" in capsys.readouterr().out
+        run_cli(workspace, "pull")
+        result = status(workspace, capsys)
+        assert len(server_tasks(workspace)) == 3
+        assert result["votes"] == 3
+    finally:
+        run_cli(workspace, "labelstudio", "stop")
+
+
+def test_export_rejects_bad_out_and_seed(tmp_path, capsys):
+    workspace = tmp_path / "ws"
+    run_cli(workspace, "ingest", EXAMPLES / "outputs.jsonl")
+    existing_file = tmp_path / "file.jsonl"
+    existing_file.write_text("x")
+    assert main(["export", "--out", str(existing_file), "--workspace", str(workspace)]) == 1
+    assert "is an existing file" in capsys.readouterr().err
+    assert main(["export", "--seed", "-5", "--out", str(tmp_path / "out"), "--workspace", str(workspace)]) == 1
+    assert "seed must be 0 or more" in capsys.readouterr().err

@@ -294,3 +294,25 @@ def test_zero_width_response_rejected(tmp_path, workspace, store):
     messages = [problem.message for problem in report.problems]
     assert "whitespace-only" in messages[0]
     assert messages[1] == "response is null; fix the row or remove it"
+
+
+def test_messages_must_end_with_response(tmp_path, workspace, store):
+    good = [{"role": "user", "content": "Count to two."}, {"role": "assistant", "content": "1, 2"}]
+    other = [{"role": "user", "content": "Count to two."}, {"role": "assistant", "content": "EXPORTED"}]
+    path = write_jsonl(
+        tmp_path / "a.jsonl",
+        [row("p1", "r1", "1, 2", messages=good), row("p1", "r2", "SHOWN", messages=other), row("p1", "r3", "two", messages=good[:1])],
+    )
+    report = ingest(workspace, store, path)
+    assert report.responses_added == 1
+    assert [problem.location.line for problem in report.problems] == [2, 3]
+    assert "last turn is the assistant turn" in report.problems[0].message
+
+
+def test_byte_order_mark_accepted(tmp_path, workspace, store):
+    path = tmp_path / "bom.jsonl"
+    lines = [json.dumps(row("p1", "r1", "x")), json.dumps(row("p1", "r2", "y"))]
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode() + b"\n")
+    report = ingest(workspace, store, path)
+    assert report.problems == []
+    assert report.responses_added == 2
