@@ -179,7 +179,8 @@ def _contents_section(sheet: dict[str, Any]) -> list[str]:
         "Votes by outcome: " + _inline(counts["votes_by_outcome"]) + ".",
         "",
         "Pairs left out of the preference rows: " + (_inline(counts["excluded_pairs"]) or "none") + ".",
-        f"`per_prompt_cap` rows were dropped to keep at most {options['max_pairs_per_prompt']} rows per prompt{cluster_cap}.",
+        f"The caps keep at most {options['max_pairs_per_prompt']} rows per prompt{cluster_cap}; rows they "
+        "dropped are counted above as `per_prompt_cap` (and `per_cluster_cap`).",
     ]
     if sheet["rejected_rows"]:
         lines += ["", "Pairs rejected for their shape (first ones):", ""]

@@ -23,12 +23,17 @@ ROUND_COLUMNS = (
 
 
 def interval(values: list[float]) -> dict[str, Any]:
-    """Return {"mean", "ci95": [lo, hi], "n"} over the finite values, or null entries when none."""
+    """Return {"mean", "ci95": [lo, hi], "n"} over the finite values.
+
+    The interval is null with fewer than two values, because one value gives no spread to measure.
+    """
     finite = np.asarray([value for value in values if value is not None and math.isfinite(value)], dtype=float)
     if finite.size == 0:
         return {"mean": None, "ci95": [None, None], "n": 0}
     mean = float(finite.mean())
-    half = 1.96 * float(finite.std(ddof=1)) / math.sqrt(finite.size) if finite.size > 1 else 0.0
+    if finite.size == 1:
+        return {"mean": mean, "ci95": [None, None], "n": 1}
+    half = 1.96 * float(finite.std(ddof=1)) / math.sqrt(finite.size)
     return {"mean": mean, "ci95": [mean - half, mean + half], "n": int(finite.size)}
 
 
@@ -123,8 +128,8 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
             curve = _per_round([row for row in rows if row["strategy"] == strategy], metric)
             labels = [point["labels"] for point in curve if point["mean"] is not None]
             means = [point["mean"] for point in curve if point["mean"] is not None]
-            lows = [point["ci95"][0] for point in curve if point["mean"] is not None]
-            highs = [point["ci95"][1] for point in curve if point["mean"] is not None]
+            lows = [_bound(point, 0) for point in curve if point["mean"] is not None]
+            highs = [_bound(point, 1) for point in curve if point["mean"] is not None]
             (line,) = axis.plot(labels, means, marker=".", label=strategy)
             axis.fill_between(labels, lows, highs, color=line.get_color(), alpha=0.15)
         axis.set_title(title)
@@ -151,3 +156,9 @@ def _last_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if row["seed"] not in last or row["round"] > last[row["seed"]]["round"]:
             last[row["seed"]] = row
     return list(last.values())
+
+
+def _bound(point: dict[str, Any], side: int) -> float:
+    """Return one end of a point's interval, or its mean where the interval is null (one seed)."""
+    value = point["ci95"][side]
+    return point["mean"] if value is None else value

@@ -33,6 +33,25 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
     return options
 
 
+def _check_options_used(options: dict[str, Any], strategies: list[str]) -> None:
+    """Reject an --option that none of the strategies takes, so that a typo is not silently ignored."""
+    from acquisition import get_strategy, strategy_options
+
+    taken: set[str] = set()
+    for name in strategies:
+        get_strategy(name)  # an unknown name fails here, listing the known ones
+        accepted = strategy_options(name)
+        if accepted is None:
+            return
+        taken.update(accepted)
+    unused = sorted(set(options) - taken)
+    if unused:
+        raise ConfigError(
+            f"--option {', '.join(unused)} is taken by none of the strategies {', '.join(strategies)}; "
+            f"they take: {', '.join(sorted(taken)) or '(no options)'}"
+        )
+
+
 def run_from_arguments(args: argparse.Namespace) -> Path:
     """Run the simulation that the parsed `simulate` options describe; return the summary.json path."""
     started = time.perf_counter()
@@ -48,8 +67,14 @@ def run_from_arguments(args: argparse.Namespace) -> Path:
         oracle_seed=args.oracle_seed,
         sharpness=DEFAULT_SHARPNESS if args.sharpness is None else args.sharpness,
     )
+    strategies = [name.strip() for name in args.strategies.split(",") if name.strip()]
+    repeated = sorted({name for name in strategies if strategies.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"--strategies names {', '.join(repeated)} more than once; name each strategy once")
+    options = parse_options(args.option)
+    _check_options_used(options, strategies)
     settings = SimulationSettings(
-        strategies=[name.strip() for name in args.strategies.split(",") if name.strip()],
+        strategies=strategies,
         budget=args.budget,
         rounds=args.rounds,
         seeds=args.seeds,
@@ -57,7 +82,7 @@ def run_from_arguments(args: argparse.Namespace) -> Path:
         heldout_fraction=args.heldout_fraction,
         n_members=args.members,
         l2=args.l2,
-        options=parse_options(args.option),
+        options=options,
     )
     data, oracle, _ = build_simulation(spec)
     rows, references = simulate(data, oracle, settings)

@@ -161,7 +161,18 @@ def test_settings_reject_zero_budget() -> None:
 
 
 def test_interval_single_value() -> None:
-    assert interval([0.5]) == {"mean": 0.5, "ci95": [0.5, 0.5], "n": 1}
+    assert interval([0.5]) == {"mean": 0.5, "ci95": [None, None], "n": 1}
+
+
+def test_cli_rejects_repeated_strategy(tmp_path, capsys) -> None:
+    from engine.cli import main
+
+    outputs = Path(__file__).resolve().parents[1] / "examples" / "outputs.jsonl"
+    arguments = ["simulate", "--outputs", str(outputs), "--oracle", "correctness", "--out", str(tmp_path / "out"), "--budget", "2", "--rounds", "1"]
+    assert main([*arguments, "--strategies", "hybrid,hybrid"]) == 1
+    assert "more than once" in capsys.readouterr().err
+    assert main([*arguments, "--strategies", "random", "--option", "bogus=1"]) == 1
+    assert "taken by none of the strategies" in capsys.readouterr().err
 
 
 def test_labels_to_target_first_round_reaching() -> None:
