@@ -61,9 +61,21 @@ def run_ingest(workspace: Workspace, args: argparse.Namespace) -> int:
 def run_round(workspace: Workspace, args: argparse.Namespace) -> int:
     from engine.rounds import run_round as select_round
 
+    overrides = {
+        name: getattr(args, name)
+        for name in ("mode_field", "generator_feature", "novelty_weight", "optimism")
+        if getattr(args, name) is not None
+    }
+    settings = dataclasses.replace(workspace.load_config().round, **overrides)
     with open_store(workspace) as store:
         report = select_round(
-            workspace, store, budget=args.budget, strategy=args.strategy, seed=args.seed, candidates=args.candidates
+            workspace,
+            store,
+            budget=args.budget,
+            strategy=args.strategy,
+            seed=args.seed,
+            candidates=args.candidates,
+            settings=settings,
         )
         for problem in report.candidate_problems[:20]:
             print(f"warning: {problem}", file=sys.stderr)
@@ -163,6 +175,13 @@ def run_export(workspace: Workspace, args: argparse.Namespace) -> int:
         print(f"  {path}")
     if counts["pairs_with_votes"] == 0:
         print("warning: the store has no votes yet, so the export is empty; run `prefscout pull` first", file=sys.stderr)
+    mode_methods = summary.datasheet["balance"]["strata"]["prompts_by_mode_method"]
+    if args.mode_field and counts["pairs_with_votes"] and "field" not in mode_methods:
+        print(
+            f"warning: no exported response has the field {args.mode_field!r}, so modes come from "
+            "embedding clusters; check the name against your input file's columns",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -221,3 +221,16 @@ def test_export_rejects_bad_out_and_seed(tmp_path, capsys):
     assert "is an existing file" in capsys.readouterr().err
     assert main(["export", "--seed", "-5", "--out", str(tmp_path / "out"), "--workspace", str(workspace)]) == 1
     assert "seed must be 0 or more" in capsys.readouterr().err
+
+
+def test_export_warns_on_unknown_mode_field(tmp_path, capsys, monkeypatch, labelstudio_server):
+    monkeypatch.setenv("LABEL_STUDIO_URL", labelstudio_server.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", labelstudio_server.api_key)
+    workspace = tmp_path / "ws"
+    run_cli(workspace, "ingest", EXAMPLES / "outputs.jsonl")
+    run_cli(workspace, "round", "--budget", "4", "--seed", "5")
+    run_cli(workspace, "simulate-annotators", "--votes", EXAMPLES / "votes.jsonl", "--annotators", "1")
+    run_cli(workspace, "pull")
+    capsys.readouterr()
+    run_cli(workspace, "export", "--out", tmp_path / "out", "--mode-field", "no_such_field")
+    assert "no exported response has the field 'no_such_field'" in capsys.readouterr().err
