@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     round_.add_argument("--seed", type=int, help="random seed (default: drawn and recorded with the round)")
     round_.add_argument("--candidates", type=Path, help="votes-style file (response_a_id, response_b_id) restricting the candidate pool")
+    round_.add_argument("--mode-field", help="response metadata field naming a response's answer, its mode, for example answer_key (default from config: none, embedding clusters)")
+    round_.add_argument("--generator-feature", action="store_true", default=None, help="add a one-hot of the generator model to the preference model's features (default from config: off)")
+    round_.add_argument("--novelty-weight", type=float, help="hybrid and stochastic: weight of novelty against uncertainty, 0-1 (default from config: 0.5)")
+    round_.add_argument("--no-optimism", dest="optimism", action="store_false", default=None, help="hybrid and stochastic: do not weight novelty by the model's optimistic reward rank (default from config: weight it)")
     round_.add_argument("--no-push", action="store_true", help="record the round without pushing tasks")
     round_.add_argument("--url", help="remote Label Studio URL (default: $LABEL_STUDIO_URL, else the workspace's local server)")
 

@@ -6,6 +6,7 @@ strategy comes from the acquisition registry by name; this module never special-
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import secrets
@@ -18,13 +19,16 @@ from acquisition import CandidatePool, get_strategy, select_batch, strategy_opti
 from engine.errors import InputError
 from engine.preference import PreferenceModel
 from engine.records import RowProblem, iter_rows
-from engine.store import Store, make_pair_id, utc_now
+from engine.response_features import check_mode_field, generator_features, response_modes
+from engine.store import ResponseRow, Store, make_pair_id, utc_now
 from engine.vectors import EmbeddingSpace, load_vectors
-from engine.workspace import Workspace
+from engine.workspace import RoundSettings, Workspace
 
 logger = logging.getLogger(__name__)
 
 MIN_VOTES_TO_FIT = 2  # decisive votes (a or b) needed before the preference model is trained
+
+MODE_FIELD_OPTION = "--mode-field (round.mode_field in config.json)"  # named in mode field errors
 
 
 @dataclass
@@ -47,13 +51,20 @@ class Corpus:
     prompt_rows: np.ndarray  # (R,) int64 prompt row of each response
     hashes: list[str]  # text hash of each response
     embeddings: np.ndarray  # (R, D) float32
+    features: np.ndarray | None = None  # (R, F) float32 preference-model features, or None for the embeddings
+
+    @property
+    def preference_features(self) -> np.ndarray:
+        """Features the preference model trains and scores on, (R, F)."""
+        return self.embeddings if self.features is None else self.features
 
     def positions(self) -> dict[int, int]:
         """Map response row -> position in the arrays."""
         return {int(row): position for position, row in enumerate(self.rows)}
 
 
-def load_corpus(workspace: Workspace, store: Store) -> Corpus:
+def load_corpus(workspace: Workspace, store: Store, *, generator_feature: bool = False) -> Corpus:
+    """Load the embedded responses. With `generator_feature`, the features join a one-hot of each response's model."""
     space = EmbeddingSpace.for_workspace(workspace, store)
     rows, prompt_rows, hashes = store.response_table()
     vector_rows, vectors = load_vectors(workspace, store, space, "responses")
@@ -63,7 +74,32 @@ def load_corpus(workspace: Workspace, store: Store) -> Corpus:
         logger.warning("%d responses have no embedding and are left out of the pool", int((~keep).sum()))
         rows, prompt_rows = rows[keep], prompt_rows[keep]
         hashes = [digest for digest, kept in zip(hashes, keep) if kept]
-    return Corpus(rows=rows, prompt_rows=prompt_rows, hashes=hashes, embeddings=vectors)
+    corpus = Corpus(rows=rows, prompt_rows=prompt_rows, hashes=hashes, embeddings=vectors)
+    if not generator_feature:
+        return corpus
+    models = [response.model for response in _responses_in_order(store, corpus)]
+    return dataclasses.replace(corpus, features=generator_features(vectors, models))
+
+
+def corpus_modes(store: Store, corpus: Corpus, settings: RoundSettings) -> np.ndarray:
+    """Label each response's mode, (R,) int64, as the simulator does: `settings.mode_field`, else clusters."""
+    metadata: list[dict] = []
+    if settings.mode_field is not None:
+        check_mode_field(settings.mode_field, MODE_FIELD_OPTION)  # before reading every response
+        metadata = [response.metadata for response in _responses_in_order(store, corpus)]
+    return response_modes(
+        corpus.embeddings,
+        corpus.prompt_rows,
+        metadata,
+        mode_field=settings.mode_field,
+        threshold=settings.mode_threshold,
+        option=MODE_FIELD_OPTION,
+    )
+
+
+def _responses_in_order(store: Store, corpus: Corpus) -> list[ResponseRow]:
+    by_row = {response.row: response for response in store.responses(corpus.rows.tolist())}
+    return [by_row[int(row)] for row in corpus.rows]
 
 
 def all_pairs(corpus: Corpus) -> tuple[np.ndarray, np.ndarray]:
@@ -121,7 +157,7 @@ def read_candidate_pairs(
 
 
 def training_votes(store: Store, corpus: Corpus) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return (diffs (V, D), labels (V,), prompt rows (V,)) of the decisive votes.
+    """Return (diffs (V, F), labels (V,), prompt rows (V,)) of the decisive votes, on `corpus.preference_features`.
 
     Ties, both-bad and skips carry no direction between the two responses, so the Bradley-Terry
     model leaves them out.
@@ -138,10 +174,11 @@ def training_votes(store: Store, corpus: Corpus) -> tuple[np.ndarray, np.ndarray
         seconds.append(second)
         labels.append(1.0 if vote["outcome"] == "a" else 0.0)
         groups.append(vote["prompt_row"])
-    dimension = corpus.embeddings.shape[1] if corpus.embeddings.ndim == 2 else 0
+    features = corpus.preference_features
+    dimension = features.shape[1] if features.ndim == 2 else 0
     if not firsts:
         return np.zeros((0, dimension), dtype=np.float32), np.zeros(0), np.zeros(0, dtype=np.int64)
-    diffs = corpus.embeddings[firsts] - corpus.embeddings[seconds]
+    diffs = features[firsts] - features[seconds]
     return diffs, np.array(labels), np.array(groups, dtype=np.int64)
 
 
@@ -161,17 +198,23 @@ def run_round(
     strategy: str | None = None,
     seed: int | None = None,
     candidates: Path | None = None,
+    settings: RoundSettings | None = None,
 ) -> RoundReport:
-    """Select up to `budget` new pairs and record them with their scores, sides and the round."""
+    """Select up to `budget` new pairs and record them with their scores, sides and the round.
+
+    `settings` defaults to the workspace config's round section, and `strategy` overrides its strategy.
+    """
     if budget < 1:
         raise InputError(f"--budget must be at least 1, got {budget}")
-    settings = workspace.load_config().round
+    settings = settings or workspace.load_config().round
     strategy = strategy or settings.strategy
     get_strategy(strategy)  # an unknown name fails here, listing the known ones, before any work
+    check_mode_field(settings.mode_field, MODE_FIELD_OPTION)
     seed = secrets.randbelow(2**31) if seed is None else seed
     rng = np.random.default_rng(seed)
 
-    corpus = load_corpus(workspace, store)
+    corpus = load_corpus(workspace, store, generator_feature=settings.generator_feature)
+    modes = corpus_modes(store, corpus, settings)
     problems: list[RowProblem] = []
     if candidates is None:
         firsts, seconds = all_pairs(corpus)
@@ -205,9 +248,15 @@ def run_round(
         pair_a=firsts,
         pair_b=seconds,
         seen=seen,
+        modes=modes,
+        features=corpus.features,
     )
     # Settings apply to the strategies that take them; `random` stays uniform over the pool.
-    settings_options = {"max_per_prompt": settings.max_pairs_per_prompt}
+    settings_options = {
+        "max_per_prompt": settings.max_pairs_per_prompt,
+        "novelty_weight": settings.novelty_weight,
+        "optimism": settings.optimism,
+    }
     accepted = strategy_options(strategy)
     options = {
         key: value for key, value in settings_options.items() if accepted is None or key in accepted

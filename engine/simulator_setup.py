@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from acquisition.modes import DEFAULT_MODE_THRESHOLD, cluster_modes, modes_from_values
-from engine.errors import ConfigError, InputError
+from acquisition.modes import DEFAULT_MODE_THRESHOLD
+from engine.errors import InputError
+from engine.response_features import check_mode_field, generator_features, response_modes
 from engine.simulator import SimulationData
 from engine.simulator_corpus import SimulationCorpus, embed_with_cache, read_corpus
 from engine.simulator_oracles import (
@@ -25,9 +26,6 @@ from engine.simulator_oracles import (
 )
 
 logger = logging.getLogger(__name__)
-
-# Oracle fields that must never become modes or features, because strategies would then read them.
-ORACLE_FIELDS = frozenset({"correct", "gold_answer"})
 
 
 @dataclass(frozen=True)
@@ -47,11 +45,7 @@ class SimulationInput:
 
 def build_simulation(spec: SimulationInput) -> tuple[SimulationData, Oracle, SimulationCorpus]:
     """Read, embed (through the cache) and assemble the arrays and oracle of one simulation."""
-    if spec.mode_field in ORACLE_FIELDS:
-        raise ConfigError(
-            f"--mode-field {spec.mode_field!r} is an oracle field, which acquisition must never read: "
-            "use an answer field such as answer_key."
-        )
+    check_mode_field(spec.mode_field)  # before the slow steps
     kind, votes_path = parse_oracle(spec.oracle)
     corpus = read_corpus(spec.outputs)
     embeddings = embed_with_cache(
@@ -72,14 +66,9 @@ def build_simulation(spec: SimulationInput) -> tuple[SimulationData, Oracle, Sim
         else:
             oracle = SyntheticOracle.build(embeddings, pair_a, pair_b, seed=spec.oracle_seed, sharpness=spec.sharpness)
 
-    if spec.mode_field is not None:
-        values = corpus.field_values(spec.mode_field)
-        if all(value is None for value in values):
-            raise InputError(f"no response has the mode field {spec.mode_field!r}: check --mode-field.")
-        modes = modes_from_values(values, corpus.response_prompt)
-    else:
-        modes = cluster_modes(embeddings, corpus.response_prompt, threshold=spec.mode_threshold)
-
+    modes = response_modes(
+        embeddings, corpus.response_prompt, corpus.metadata, mode_field=spec.mode_field, threshold=spec.mode_threshold
+    )
     features = generator_features(embeddings, corpus.models) if spec.generator_feature else None
     correct = None
     if kind == "correctness":
@@ -117,16 +106,3 @@ def distinct_pairs(corpus: SimulationCorpus) -> tuple[np.ndarray, np.ndarray]:
         raise InputError("no prompt has two different responses, so there is no pair to simulate.")
     return np.concatenate(firsts).astype(np.int64), np.concatenate(seconds).astype(np.int64)
 
-
-def generator_features(embeddings: np.ndarray, models: list[str | None]) -> np.ndarray:
-    """Join the embeddings with a one-hot of each response's generator model, (R, D + G) float32.
-
-    A response without a model gets zeros, so the model learns one reward offset per generator.
-    """
-    names = sorted({name for name in models if name is not None})
-    column = {name: index for index, name in enumerate(names)}
-    one_hot = np.zeros((len(models), len(names)), dtype=np.float32)
-    for row, name in enumerate(models):
-        if name is not None:
-            one_hot[row, column[name]] = 1.0
-    return np.concatenate([embeddings.astype(np.float32), one_hot], axis=1)

@@ -47,7 +47,9 @@ def _heldout(workspace: Workspace, store: Store) -> dict[str, Any] | None:
     from engine.preference import evaluate_heldout
     from engine.rounds import load_corpus, training_votes
 
-    corpus = load_corpus(workspace, store)
+    # The same features as the model that `prefscout round` fits, so the estimate is of that model.
+    settings = workspace.load_config().round
+    corpus = load_corpus(workspace, store, generator_feature=settings.generator_feature)
     diffs, labels, groups = training_votes(store, corpus)
     if len(labels) == 0:
         return None

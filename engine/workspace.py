@@ -35,6 +35,11 @@ class EmbeddingSettings:
 class RoundSettings:
     strategy: str = "hybrid"
     max_pairs_per_prompt: int = 2  # pairs of one prompt in one round's batch
+    mode_field: str | None = None  # response metadata field naming a response's answer, or None for embedding clusters
+    mode_threshold: float = 0.9  # cosine similarity joining two responses in one cluster mode (without mode_field)
+    generator_feature: bool = False  # add a one-hot of the generator model to the preference model's features
+    novelty_weight: float = 0.5  # hybrid and stochastic: weight of novelty against uncertainty, in [0, 1]
+    optimism: bool = True  # hybrid and stochastic: weight novelty by the rank of the optimistic reward
 
 
 @dataclass
