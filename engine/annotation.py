@@ -143,12 +143,30 @@ def open_project(workspace: Workspace, store: Store, connection: Connection) -> 
 # ---- push
 
 
+def _forget_deleted_tasks(store: Store, project: Project) -> int:
+    """Clear the task id of pairs whose task no longer exists in the project; return how many."""
+    recorded = store.execute(
+        "SELECT pair_id, task_id FROM pairs WHERE project_key = ? AND task_id IS NOT NULL", (project.key,)
+    ).fetchall()
+    if not recorded:
+        return 0
+    on_server = set(project.client.task_ids(project.project_id).values())
+    gone = [row["pair_id"] for row in recorded if row["task_id"] not in on_server]
+    if gone:
+        logger.warning("%d tasks of project %s were deleted on the server; pushing their pairs again", len(gone), project.key)
+        with store.transaction() as db:
+            db.executemany("UPDATE pairs SET task_id = NULL, pushed_at = NULL WHERE pair_id = ?", [(pair_id,) for pair_id in gone])
+    return len(gone)
+
+
 def push_pending(workspace: Workspace, store: Store, project: Project, *, batch_size: int | None = None) -> int:
     """Push every selected pair that has no task in this project yet; return how many got a task.
 
     Each batch's task ids are stored as soon as the server returns them, so an interrupted push keeps
     what it did, and the next push looks up the remaining pairs on the server before importing them.
+    A pair whose task was deleted on the server gets a new task.
     """
+    _forget_deleted_tasks(store, project)
     rows = store.execute(
         "SELECT pair_id FROM pairs WHERE task_id IS NULL OR project_key IS NOT ? ORDER BY round_id, rank",
         (project.key,),

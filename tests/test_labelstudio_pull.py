@@ -192,6 +192,20 @@ def test_pull_deleted_task_removes_votes(setup_factory) -> None:
     assert {pair_id for pair_id, _, _ in setup.votes()} == set(setup.pair_ids[1:])
 
 
+def test_push_recreates_deleted_task(setup_factory) -> None:
+    setup = setup_factory(2)
+    deleted = setup.pair_ids[0]
+    setup.request("DELETE", f"/api/tasks/{setup.task_ids[deleted]}")
+
+    pushed = push_pending(setup.workspace, setup.store, setup.project)
+    on_server = setup.client.task_ids(setup.project.project_id)
+
+    assert pushed == 1
+    assert set(on_server) == set(setup.pair_ids)
+    assert on_server[deleted] != setup.task_ids[deleted]
+    assert push_pending(setup.workspace, setup.store, setup.project) == 0
+
+
 def test_pull_same_annotator_latest_wins(setup_factory) -> None:
     setup = setup_factory(1)
     annotator = ensure_annotators(setup.client, 1)[0]
