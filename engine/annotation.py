@@ -65,8 +65,8 @@ class Connection:
     def server_key(self) -> str:
         """Name of the server in stored ids: "local" for the workspace's own server, else its URL.
 
-        The local server may come back on another port after a restart; its data dir, and so its
-        projects and tasks, are the same, so its ids must not depend on the URL.
+        The local server may come back on another port after a restart. Its data dir, projects and
+        tasks stay the same, so its ids must not depend on the URL.
         """
         return "local" if self.local else self.url
 

@@ -45,8 +45,8 @@ def run_ingest(workspace: Workspace, args: argparse.Namespace) -> int:
         report = ingest_file(
             workspace, store, args.file, fields=fields, model=args.model, truncate=args.truncate, strict=args.strict
         )
-        # The store records the embedding model and mode once something is embedded; the config
-        # follows it, so a model that failed to load is never written anywhere.
+        # The store records the embedding model only after a successful embedding. The config copies
+        # it from there, so a model that failed to load is never written anywhere.
         config = workspace.load_config()
         recorded_model = store.get_meta("embedding_model")
         if recorded_model is not None and config.embedding.model != recorded_model:

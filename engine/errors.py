@@ -6,7 +6,7 @@ exceptions are bugs and keep their traceback.
 
 
 class PrefscoutError(Exception):
-    """A failure with a message that says what went wrong, on which value, and what to do."""
+    """A failure whose message states what went wrong, on which value, and what to do."""
 
 
 class InputError(PrefscoutError):

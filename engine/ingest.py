@@ -1,6 +1,6 @@
 """Ingest model outputs: validate rows, store prompts and responses, embed them and index the vectors.
 
-Nothing is written until every row has been checked and every new text embedded; the rows then go
+Nothing is written until every row has been checked and every new text embedded. The rows then go
 into the store in one transaction, and the FAISS indexes are brought up to date from the store.
 """
 
@@ -52,7 +52,7 @@ class IngestReport:
 
 @dataclass
 class _Plan:
-    """What one ingest will add, worked out before anything is written."""
+    """Additions of one ingest, decided before anything is written."""
 
     prompts: dict[str, OutputRecord] = field(default_factory=dict)  # prompt_id -> first record
     responses: list[OutputRecord] = field(default_factory=list)

@@ -5,9 +5,9 @@ d = phi(a) - phi(b), and swapping a and b gives exactly 1 - p. A member is L2-re
 regression fitted by Newton's method on one bootstrap resample of the votes. The spread between
 members is the epistemic uncertainty that BALD reads.
 
-Only decisive votes are training data: the caller passes `a` as label 1.0 and `b` as label 0.0, and
-drops `tie`, `both_bad` and `skip` votes, because a tie between two responses carries no direction
-for a model without a tie parameter, and both_bad and skip carry no information about the order of a and b.
+Only decisive votes are training data. The caller passes `a` as label 1.0 and `b` as label 0.0 and
+drops `tie`, `both_bad` and `skip` votes. A tie carries no direction for a model without a tie
+parameter, and both_bad and skip carry no information about the order of a and b.
 """
 
 from __future__ import annotations

@@ -193,7 +193,7 @@ def _iter_csv(path: Path) -> Iterator[tuple[Location, dict[str, Any] | RowProble
 
 
 def validate_row(row: dict[str, Any], location: Location, fields: FieldMap) -> OutputRecord | RowProblem:
-    """Check one row and turn it into an `OutputRecord`, or say what is wrong with it."""
+    """Check one row and return it as an `OutputRecord`, or return a `RowProblem` describing what is wrong."""
     prompt = row.get(fields.prompt)
     response = row.get(fields.response)
     if fields.prompt not in row:

@@ -20,7 +20,7 @@ from engine.errors import InputError
 from engine.preference import PreferenceModel
 from engine.records import RowProblem, iter_rows
 from engine.response_features import check_mode_field, generator_features, response_modes
-from engine.store import ResponseRow, Store, make_pair_id, utc_now
+from engine.store import PairRow, ResponseRow, Store, make_pair_id, utc_now
 from engine.vectors import EmbeddingSpace, load_vectors
 from engine.workspace import RoundSettings, Workspace
 
@@ -220,7 +220,8 @@ def run_round(
         firsts, seconds = all_pairs(corpus)
     else:
         firsts, seconds, problems = read_candidate_pairs(candidates, store, corpus)
-    firsts, seconds = _drop_unusable(store, corpus, firsts, seconds)
+    earlier_pairs = list(store.pairs().values())
+    firsts, seconds = _drop_unusable(earlier_pairs, corpus, firsts, seconds)
 
     model, decisive_votes = fit_preference_model(store, corpus, seed)
     if len(firsts) == 0:
@@ -237,7 +238,7 @@ def run_round(
         )
     seen = np.zeros(len(corpus.rows), dtype=bool)
     positions = corpus.positions()
-    for pair in store.pairs().values():
+    for pair in earlier_pairs:
         for row in (pair.response_a, pair.response_b):
             if row in positions:
                 seen[positions[row]] = True
@@ -280,12 +281,12 @@ def run_round(
 
 
 def _drop_unusable(
-    store: Store, corpus: Corpus, firsts: np.ndarray, seconds: np.ndarray
+    earlier_pairs: list[PairRow], corpus: Corpus, firsts: np.ndarray, seconds: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Remove pairs selected in an earlier round and pairs of two identical texts."""
     selected = {
         (min(pair.response_a, pair.response_b), max(pair.response_a, pair.response_b))
-        for pair in store.pairs().values()
+        for pair in earlier_pairs
     }
     keep = np.ones(len(firsts), dtype=bool)
     for index, (first, second) in enumerate(zip(firsts.tolist(), seconds.tolist())):

@@ -164,7 +164,7 @@ def load_vectors(
     if index is not None:
         indexed = set(index.ids().tolist())
         if not indexed.issubset(set(rows.tolist())):
-            logger.warning("rebuilding %s: it holds ids the store does not", path)
+            logger.warning("rebuilding %s: it contains ids that are not in the store", path)
             index = None
     if index is None:
         index = VectorIndex(vectors.shape[1])

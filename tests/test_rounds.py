@@ -84,7 +84,11 @@ def add_votes(store: Store) -> int:
     with store.transaction() as db:
         for pair in store.pairs().values():
             first, second = rank[model_of[pair.response_a]], rank[model_of[pair.response_b]]
-            outcome = "tie" if first == second else ("a" if first < second else "b")
+            outcome = "tie"
+            if first < second:
+                outcome = "a"
+            elif first > second:
+                outcome = "b"
             db.execute(
                 "INSERT INTO votes (pair_id, annotator, outcome, shown_left, source, external_id, created_at, updated_at) "
                 "VALUES (?, 'annotator-1', ?, ?, 'test', ?, ?, ?)",
