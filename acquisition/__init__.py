@@ -32,6 +32,7 @@ from acquisition.scores import (
 )
 from acquisition.selectors import k_center_greedy, sample_by_score, select_diverse, select_top_k
 from acquisition.strategies import DEFAULT_STRATEGY
+from acquisition.variance import greedy_variance_reduction, select_variance_reduction
 
 __all__ = [
     "DEFAULT_STRATEGY",
@@ -42,6 +43,7 @@ __all__ = [
     "cluster_modes",
     "distance_to_seen",
     "get_strategy",
+    "greedy_variance_reduction",
     "information_gain",
     "k_center_greedy",
     "load_policy",
@@ -60,6 +62,7 @@ __all__ = [
     "select_batch",
     "select_diverse",
     "select_top_k",
+    "select_variance_reduction",
     "shown_modes",
     "strategy_names",
     "strategy_options",

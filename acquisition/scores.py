@@ -27,7 +27,9 @@ logger = logging.getLogger(__name__)
 UncertaintyMeasure = Literal["bald", "entropy", "infogain"]
 UNCERTAINTY_MEASURES: tuple[str, ...] = ("bald", "entropy", "infogain")
 
-# BALD is the default: it is the ensemble's disagreement (epistemic uncertainty) only. Entropy also
+# BALD is the default per-pair measure (the `uncertainty` and `hybrid` strategies default to the
+# batch measure of acquisition/variance.py): it is the ensemble's disagreement (epistemic
+# uncertainty) only. Entropy also
 # peaks on pairs the model rightly calls a coin flip, such as two near-identical responses that
 # annotators would mark as a tie. Information gain ignores the model's predictions and measures
 # feature coverage, which novelty already rewards.

@@ -2,13 +2,16 @@
 
 - `random`: uniform over the pool without replacement, as public arenas do.
 - `novelty`: pair novelty, then a diverse batch.
-- `uncertainty`: pair uncertainty under the preference model, then a diverse batch. Without a model
-  it falls back to novelty (cold start) and logs it.
-- `hybrid` (the default): novelty and uncertainty mapped to [0, 1] by rank, combined with
-  `novelty_weight`, then a diverse batch. Without a model it uses novelty alone. With a model and
-  `optimism=True` (the default), each response's novelty is multiplied by the rank of its
-  optimistic reward within its prompt (`reward_optimism`), so rare responses that the model rates
-  well come first.
+- `uncertainty`: by default (`uncertainty="variance"`) a greedy batch that most reduces the
+  preference model's predictive variance on the pool (see acquisition/variance.py); before the
+  first votes it uses the prior. With a per-pair measure (`bald`, `entropy`, `infogain`): pair
+  uncertainty, then a diverse batch, and novelty without a model (cold start).
+- `hybrid` (the default): a share `novelty_weight` of the batch is chosen by novelty (a diverse
+  batch), the rest by variance reduction given those pairs, so the two parts never pick the same
+  direction twice. With a model and `optimism=True` (the default), each response's novelty is
+  multiplied by the rank of its optimistic reward within its prompt (`reward_optimism`), so rare
+  responses that the model rates well come first. With a per-pair uncertainty measure, the score is
+  instead the mix of novelty and uncertainty ranks, and then a diverse batch.
 - `stochastic`: the hybrid score, then sampling in proportion to exp(score / temperature), with a
   propensity for each pick. It applies no per-prompt cap and no k-center step, because either one
   would change the pick probabilities that the propensities record.
@@ -30,6 +33,7 @@ from acquisition.registry import register_strategy
 from acquisition.scores import (
     DEFAULT_NEIGHBORS,
     DEFAULT_UNCERTAINTY,
+    UNCERTAINTY_MEASURES,
     pair_novelty,
     pair_uncertainty,
     reward_optimism,
@@ -42,6 +46,7 @@ from acquisition.selectors import (
     select_diverse,
     select_top_k,
 )
+from acquisition.variance import select_variance_reduction
 from engine.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -50,11 +55,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_STRATEGY = "hybrid"
-DEFAULT_NOVELTY_WEIGHT = 0.5
+DEFAULT_NOVELTY_WEIGHT = 0.25
 DEFAULT_TEMPERATURE = 0.1
 
 Selector = Literal["kcenter", "topk"]
 SELECTORS: tuple[str, ...] = ("kcenter", "topk")
+
+# The batch measure of `uncertainty` and `hybrid`, and their default. It chooses a whole batch, so
+# `stochastic`, which samples pairs by a per-pair score, takes the per-pair measures only.
+VARIANCE = "variance"
+BATCH_UNCERTAINTY = VARIANCE
 
 
 def select_random(
@@ -89,17 +99,25 @@ def select_uncertainty(
     rng: np.random.Generator,
     *,
     model: PreferenceModel | None = None,
-    uncertainty: str = DEFAULT_UNCERTAINTY,
+    uncertainty: str = BATCH_UNCERTAINTY,
     n_neighbors: int = DEFAULT_NEIGHBORS,
     selector: Selector = "kcenter",
     max_per_prompt: int | None = DEFAULT_MAX_PER_PROMPT,
     prefilter: int | None = None,
 ) -> Selection:
-    """Select a batch by pair uncertainty, or by novelty when there is no model yet.
+    """Select a batch by uncertainty.
 
-    `n_neighbors` is used only by the novelty fallback.
+    With `uncertainty="variance"`, a greedy variance-reduction batch (the prior stands in for the
+    model before the first votes; `selector`, `prefilter` and `n_neighbors` are unused). With a
+    per-pair measure, pair uncertainty and the selector, or novelty when there is no model yet
+    (`n_neighbors` is used only by that fallback).
     """
     _check_selector(selector)
+    _check_uncertainty(uncertainty, batch=True)
+    if uncertainty == VARIANCE:
+        picked, gains = select_variance_reduction(pool, model, k, rng, max_per_prompt=max_per_prompt)
+        scores = _at_picks(pool.n_pairs, picked, gains)
+        return Selection.build(picked, scores, uncertainty=scores)
     if model is None:
         logger.info("strategy uncertainty: no preference model yet (cold start), selecting by novelty")
         return select_novelty(
@@ -124,19 +142,39 @@ def select_hybrid(
     *,
     model: PreferenceModel | None = None,
     novelty_weight: float = DEFAULT_NOVELTY_WEIGHT,
-    uncertainty: str = DEFAULT_UNCERTAINTY,
+    uncertainty: str = BATCH_UNCERTAINTY,
     n_neighbors: int = DEFAULT_NEIGHBORS,
     optimism: bool = True,
     selector: Selector = "kcenter",
     max_per_prompt: int | None = DEFAULT_MAX_PER_PROMPT,
     prefilter: int | None = None,
 ) -> Selection:
-    """Select a batch by the rank-scaled mix of novelty and uncertainty.
+    """Select a batch by novelty and uncertainty.
 
-    The score is novelty_weight * rank(novelty) + (1 - novelty_weight) * rank(uncertainty), each
-    rank mapped to [0, 1]. Without a model the score is rank(novelty) alone.
+    With `uncertainty="variance"`, round(novelty_weight * k) pairs are chosen by novelty with the
+    selector, and the rest by greedy variance reduction given those pairs (the prior before the
+    first votes). A pair's score is the novelty or the variance gain of the part that chose it, so
+    scores of the two parts are on different scales; the part is the one whose column is not NaN.
+
+    With a per-pair measure, the score is novelty_weight * rank(novelty) + (1 - novelty_weight) *
+    rank(uncertainty), each rank mapped to [0, 1], and the selector picks the batch. Without a
+    model the score is rank(novelty) alone.
     """
     _check_selector(selector)
+    _check_uncertainty(uncertainty, batch=True)
+    if uncertainty == VARIANCE:
+        return _novelty_then_variance(
+            pool,
+            k,
+            rng,
+            model,
+            novelty_weight=novelty_weight,
+            n_neighbors=n_neighbors,
+            optimism=optimism,
+            selector=selector,
+            max_per_prompt=max_per_prompt,
+            prefilter=prefilter,
+        )
     combined, novelty, uncertainty_scores = _hybrid_scores(
         pool,
         model,
@@ -166,6 +204,7 @@ def select_stochastic(
     The hybrid score lies in [0, 1], so at the default temperature of 0.1 the best pair weighs
     e^10 (about 22,000) times the worst.
     """
+    _check_uncertainty(uncertainty, batch=False)
     combined, novelty, uncertainty_scores = _hybrid_scores(
         pool,
         model,
@@ -180,6 +219,64 @@ def select_stochastic(
     )
 
 
+def _novelty_then_variance(
+    pool: CandidatePool,
+    k: int,
+    rng: np.random.Generator,
+    model: PreferenceModel | None,
+    *,
+    novelty_weight: float,
+    n_neighbors: int,
+    optimism: bool,
+    selector: Selector,
+    max_per_prompt: int | None,
+    prefilter: int | None,
+) -> Selection:
+    """Choose the novelty share of the batch, then the rest by variance reduction given it."""
+    _check_novelty_weight(novelty_weight)
+    optimistic_rank = reward_optimism(pool, model) if optimism and model is not None else None
+    novelty = pair_novelty(pool, n_neighbors=n_neighbors, optimism=optimistic_rank)
+    n_novel = round(novelty_weight * k)
+    novel = (
+        _pick(pool, novelty, n_novel, rng, selector, max_per_prompt, prefilter)
+        if n_novel
+        else np.empty(0, dtype=np.int64)
+    )
+    rest, gains = select_variance_reduction(
+        pool, model, k - novel.size, rng, max_per_prompt=max_per_prompt, chosen=novel
+    )
+    picked = np.concatenate([novel, rest])
+    uncertainty_scores = _at_picks(pool.n_pairs, rest, gains)
+    novelty_scores = np.full(pool.n_pairs, np.nan)
+    novelty_scores[novel] = novelty[novel]
+    scores = np.where(np.isnan(novelty_scores), uncertainty_scores, novelty_scores)
+    return Selection.build(picked, scores, novelty=novelty_scores, uncertainty=uncertainty_scores)
+
+
+def _at_picks(n_pairs: int, picked: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Spread the values (k,) of the picked pairs into a pool-wide array (N,), NaN elsewhere."""
+    spread = np.full(n_pairs, np.nan)
+    spread[picked] = values
+    return spread
+
+
+def _check_novelty_weight(novelty_weight: float) -> None:
+    if not 0.0 <= novelty_weight <= 1.0:
+        raise ConfigError(f"novelty_weight is {novelty_weight!r}, expected a value in [0, 1].")
+
+
+def _check_uncertainty(uncertainty: str, *, batch: bool) -> None:
+    known = (VARIANCE, *UNCERTAINTY_MEASURES) if batch else UNCERTAINTY_MEASURES
+    if uncertainty in known:
+        return
+    if uncertainty == VARIANCE:
+        raise ConfigError(
+            "uncertainty 'variance' chooses a whole batch, so the stochastic strategy cannot sample "
+            f"by it: pass one of {', '.join(UNCERTAINTY_MEASURES)}."
+        )
+    raise ConfigError(f"uncertainty is {uncertainty!r}, expected one of {', '.join(known)}.")
+
+
 def _hybrid_scores(
     pool: CandidatePool,
     model: PreferenceModel | None,
@@ -190,8 +287,7 @@ def _hybrid_scores(
     optimism: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Return the combined score, the novelty and the uncertainty (None without a model), (N,) each."""
-    if not 0.0 <= novelty_weight <= 1.0:
-        raise ConfigError(f"novelty_weight is {novelty_weight!r}, expected a value in [0, 1].")
+    _check_novelty_weight(novelty_weight)
 
     if model is None:
         logger.info("no preference model yet (cold start): scoring by novelty alone")

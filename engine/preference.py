@@ -43,8 +43,10 @@ class PreferenceModel:
             lambda/2 * ||w||^2). It is also the lambda of the information matrix.
         seed: seed of the bootstrap resampling.
 
-    After `fit`: `n_votes` is the number of training votes, `weights` the (M, D) member weights and
-    `information_matrix` the (D, D) matrix V = lambda * I + sum of d d^T over the training votes.
+    After `fit`: `n_votes` is the number of training votes, `weights` the (M, D) member weights,
+    `information_matrix` the (D, D) matrix V = lambda * I + sum of d d^T over the training votes,
+    `map_weights` the (D,) fit on all votes and `posterior_covariance` the (D, D) covariance of the
+    Laplace approximation around it.
     """
 
     def __init__(self, *, n_members: int = 8, l2: float = 1.0, seed: int = 0) -> None:
@@ -61,6 +63,8 @@ class PreferenceModel:
         self.n_votes = 0
         self._weights: np.ndarray | None = None
         self._information: np.ndarray | None = None
+        self._map_weights: np.ndarray | None = None
+        self._covariance: np.ndarray | None = None
 
     @property
     def weights(self) -> np.ndarray:
@@ -71,6 +75,20 @@ class PreferenceModel:
     def information_matrix(self) -> np.ndarray:
         """V = lambda * I + sum of d d^T over the training votes, (D, D) float64."""
         return self._fitted(self._information)
+
+    @property
+    def map_weights(self) -> np.ndarray:
+        """Weights fitted on all votes (the posterior mode), (D,) float64."""
+        return self._fitted(self._map_weights)
+
+    @property
+    def posterior_covariance(self) -> np.ndarray:
+        """Laplace posterior covariance, (D, D) float64.
+
+        It is the inverse of lambda * I + sum of p (1 - p) d d^T over the training votes, with p
+        from `map_weights`: the inverse Hessian of the penalised loss at the posterior mode.
+        """
+        return self._fitted(self._covariance)
 
     @property
     def dim(self) -> int:
@@ -100,6 +118,8 @@ class PreferenceModel:
 
         self._weights = weights
         self._information = information
+        self._map_weights = full_fit
+        self._covariance = np.linalg.inv(_penalised_hessian(diffs, np.ones(n_votes), self.l2, full_fit))
         self.n_votes = n_votes
         logger.info(
             "fitted preference model: %d votes, %d dims, %d members in %.2f s",
@@ -244,9 +264,7 @@ def _fit_logistic(
     for _ in range(MAX_NEWTON_STEPS):
         probabilities = _sigmoid(diffs @ weights)
         gradient = diffs.T @ (counts * (probabilities - labels)) + l2 * weights
-        curvature = counts * probabilities * (1.0 - probabilities)
-        hessian = (diffs * curvature[:, None]).T @ diffs
-        hessian[np.diag_indices_from(hessian)] += l2
+        hessian = _penalised_hessian(diffs, counts, l2, weights, probabilities)
         step = np.linalg.solve(hessian, gradient)
 
         decrement = float(gradient @ step)
@@ -263,6 +281,22 @@ def _fit_logistic(
             size /= 2.0
         weights, loss = candidate, candidate_loss
     return weights
+
+
+def _penalised_hessian(
+    diffs: np.ndarray,
+    counts: np.ndarray,
+    l2: float,
+    weights: np.ndarray,
+    probabilities: np.ndarray | None = None,
+) -> np.ndarray:
+    """Return the Hessian of the penalised loss at weights, (D, D): sum of counts p (1 - p) d d^T + l2 I."""
+    if probabilities is None:
+        probabilities = _sigmoid(diffs @ weights)
+    curvature = counts * probabilities * (1.0 - probabilities)
+    hessian = (diffs * curvature[:, None]).T @ diffs
+    hessian[np.diag_indices_from(hessian)] += l2
+    return hessian
 
 
 def _penalised_loss(

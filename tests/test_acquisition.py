@@ -187,18 +187,37 @@ def test_select_batch_invalid_uncertainty_option(pool: CandidatePool, model: Pre
 
 def test_cold_start_fields(pool: CandidatePool) -> None:
     """With all votes ties the caller has no decisive vote, so it passes model=None."""
-    selection = select_batch("uncertainty", pool, 5, np.random.default_rng(0), model=None)
+    selection = select_batch(
+        "uncertainty", pool, 5, np.random.default_rng(0), model=None, uncertainty="bald"
+    )
     assert np.isfinite(selection.novelty).all()
     assert np.isnan(selection.uncertainty).all()
 
 
-def test_hybrid_with_model_fields(pool: CandidatePool, model: PreferenceModel) -> None:
-    selection = select_batch("hybrid", pool, 5, np.random.default_rng(0), model=model)
-    assert np.isfinite(selection.novelty).all()
+def test_cold_start_variance_uses_prior(pool: CandidatePool) -> None:
+    selection = select_batch("uncertainty", pool, 5, np.random.default_rng(0), model=None)
     assert np.isfinite(selection.uncertainty).all()
+
+
+def test_hybrid_with_model_fields(pool: CandidatePool, model: PreferenceModel) -> None:
+    selection = select_batch("hybrid", pool, 6, np.random.default_rng(0), model=model, novelty_weight=0.5)
+    # Each pick comes from one part of the batch: novelty (3 of 6) or variance reduction.
+    assert (np.isfinite(selection.novelty) != np.isfinite(selection.uncertainty)).all()
+    assert np.isfinite(selection.novelty).sum() == 3
     assert np.isnan(selection.propensity).all()
     assert selection.scores.min() >= 0.0
-    assert selection.scores.max() <= 1.0
+
+
+def test_hybrid_per_pair_measure_fields(pool: CandidatePool, model: PreferenceModel) -> None:
+    selection = select_batch(
+        "hybrid", pool, 5, np.random.default_rng(0), model=model, uncertainty="bald"
+    )
+    assert np.isfinite(selection.uncertainty).all()
+
+
+def test_stochastic_rejects_variance(pool: CandidatePool, model: PreferenceModel) -> None:
+    with pytest.raises(ConfigError, match="whole batch"):
+        select_batch("stochastic", pool, 5, np.random.default_rng(0), model=model, uncertainty="variance")
 
 
 def test_model_dimension_mismatch(pool: CandidatePool) -> None:
