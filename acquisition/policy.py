@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,16 @@ def load_policy(name: str, *, device: str | None = None) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def policy_cache_key(name: str) -> str:
+    """Return the name under which a policy model's log-probabilities are cached.
+
+    A local folder is keyed by its absolute path, so the same relative name run from two folders
+    never shares cached values. A Hub id is kept as given.
+    """
+    folder = Path(name).expanduser()
+    return str(folder.resolve()) if folder.is_dir() else name
+
+
 def mean_token_logprob(
     model: Any,
     tokenizer: Any,
@@ -82,9 +93,12 @@ def mean_token_logprob(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     scores = np.empty(len(sequences))
+    # Batches of similar lengths waste less compute on padding, so run the longest sequences first.
+    order = sorted(range(len(sequences)), key=lambda index: -len(sequences[index][0]))
 
-    for start in range(0, len(sequences), batch_size):
-        batch = sequences[start : start + batch_size]
+    for start in range(0, len(order), batch_size):
+        positions = order[start : start + batch_size]
+        batch = [sequences[index] for index in positions]
         width = max(len(ids) for ids, _ in batch)
         input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         attention = torch.zeros((len(batch), width), dtype=torch.long)
@@ -101,7 +115,7 @@ def mean_token_logprob(
         token_scores = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
         mask = scored[:, 1:].to(device)
         sums = (token_scores * mask).sum(dim=1)
-        scores[start : start + len(batch)] = (sums / mask.sum(dim=1)).cpu().numpy()
+        scores[positions] = (sums / mask.sum(dim=1)).cpu().numpy()
 
     logger.info("scored %d responses under the policy in %.1f s", len(sequences), time.perf_counter() - started)
     return scores

@@ -63,7 +63,10 @@ def run_round(workspace: Workspace, args: argparse.Namespace) -> int:
 
     overrides = {
         name: getattr(args, name)
-        for name in ("mode_field", "generator_feature", "novelty_weight", "optimism")
+        for name in (
+            "mode_field", "generator_feature", "novelty_weight", "optimism",
+            "policy_model", "policy_batch_size", "policy_max_length",
+        )
         if getattr(args, name) is not None
     }
     settings = dataclasses.replace(workspace.load_config().round, **overrides)
@@ -96,6 +99,11 @@ def run_round(workspace: Workspace, args: argparse.Namespace) -> int:
             f"round {report.round_id}: {report.strategy} selected {report.selected} of {report.pool_size} "
             f"candidate pairs (seed {report.seed}; {model_note})"
         )
+        if settings.policy_model is not None:
+            print(
+                f"policy log-probabilities under {settings.policy_model}: {report.policy_computed} computed, "
+                f"{report.policy_cached} read from the workspace cache"
+            )
         if args.no_push:
             print("not pushed (--no-push); run `prefscout push` to create the tasks")
             return 0

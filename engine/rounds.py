@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from acquisition import CandidatePool, get_strategy, select_batch, strategy_options
-from engine.errors import InputError
+from acquisition.policy import load_policy, mean_token_logprob, policy_cache_key
+from engine.errors import ConfigError, InputError
 from engine.preference import PreferenceModel
 from engine.records import RowProblem, iter_rows
 from engine.response_features import check_mode_field, generator_features, response_modes
-from engine.store import PairRow, ResponseRow, Store, make_pair_id, utc_now
+from engine.store import PairRow, ResponseRow, Store, make_pair_id, text_hash, utc_now
 from engine.vectors import EmbeddingSpace, load_vectors
 from engine.workspace import RoundSettings, Workspace
 
@@ -29,6 +30,10 @@ logger = logging.getLogger(__name__)
 MIN_VOTES_TO_FIT = 2  # decisive votes (a or b) needed before the preference model is trained
 
 MODE_FIELD_OPTION = "--mode-field (round.mode_field in config.json)"  # named in mode field errors
+
+# Responses scored by the policy model between two writes to the cache, so an interrupted round
+# keeps what it computed.
+POLICY_SAVE_CHUNK = 256
 
 
 @dataclass
@@ -41,6 +46,17 @@ class RoundReport:
     decisive_votes: int
     model_trained: bool
     candidate_problems: list[RowProblem] = field(default_factory=list)
+    policy_computed: int = 0  # policy log-probabilities computed in this round
+    policy_cached: int = 0  # policy log-probabilities read from the store's cache
+
+
+@dataclass(frozen=True)
+class PolicyScores:
+    """Mean token log-probabilities of a corpus's responses under the policy model."""
+
+    logprob: np.ndarray  # (R,) float64 in corpus order; 0.0 for responses that were not scored
+    computed: int
+    cached: int
 
 
 @dataclass(frozen=True)
@@ -210,6 +226,8 @@ def run_round(
     strategy = strategy or settings.strategy
     get_strategy(strategy)  # an unknown name fails here, listing the known ones, before any work
     check_mode_field(settings.mode_field, MODE_FIELD_OPTION)
+    if settings.policy_model is not None:
+        check_policy_settings(settings)
     seed = secrets.randbelow(2**31) if seed is None else seed
     rng = np.random.default_rng(seed)
 
@@ -236,6 +254,11 @@ def run_round(
             model_trained=model is not None,
             candidate_problems=problems,
         )
+    policy = None
+    if settings.policy_model is not None:
+        # Novelty ranks a response's log-probability among all responses to its prompt, so every
+        # response of a prompt with a candidate pair is scored, and no other.
+        policy = policy_logprobs(store, corpus, settings, np.unique(corpus.prompt_rows[firsts]))
     seen = np.zeros(len(corpus.rows), dtype=bool)
     positions = corpus.positions()
     for pair in earlier_pairs:
@@ -251,6 +274,7 @@ def run_round(
         seen=seen,
         modes=modes,
         features=corpus.features,
+        policy_logprob=None if policy is None else policy.logprob,
     )
     # Settings apply to the strategies that take them; `random` stays uniform over the pool.
     settings_options = {
@@ -263,7 +287,8 @@ def run_round(
         key: value for key, value in settings_options.items() if accepted is None or key in accepted
     }
     selection = select_batch(strategy, pool, budget, rng, model=model, **options)
-    round_id = _record(store, corpus, strategy, budget, seed, pool, selection, decisive_votes, options, rng)
+    recorded_options = {**options, **settings_used(settings, options)}
+    round_id = _record(store, corpus, strategy, budget, seed, pool, selection, decisive_votes, recorded_options, rng)
     logger.info(
         "round %d: %s selected %d of %d candidate pairs (seed %d, %d decisive votes)",
         round_id, strategy, len(selection.indices), len(firsts), seed, decisive_votes,
@@ -277,7 +302,90 @@ def run_round(
         decisive_votes=decisive_votes,
         model_trained=model is not None,
         candidate_problems=problems,
+        policy_computed=0 if policy is None else policy.computed,
+        policy_cached=0 if policy is None else policy.cached,
     )
+
+
+def settings_used(settings: RoundSettings, options: dict[str, object]) -> dict[str, object]:
+    """Return the round settings to record with a round; a setting the round did not use is None.
+
+    `novelty_weight` and `optimism` count as used when the strategy took them as options, and
+    `mode_threshold` only without a mode field.
+    """
+    policy_model = settings.policy_model
+    return {
+        "mode_field": settings.mode_field,
+        "mode_threshold": settings.mode_threshold if settings.mode_field is None else None,
+        "generator_feature": settings.generator_feature,
+        "novelty_weight": options.get("novelty_weight"),
+        "optimism": options.get("optimism"),
+        "policy_model": None if policy_model is None else policy_cache_key(policy_model),
+        "policy_max_length": None if policy_model is None else settings.policy_max_length,
+    }
+
+
+def check_policy_settings(settings: RoundSettings) -> None:
+    """Reject an empty policy model name and a batch size or length the policy cannot run with."""
+    if not isinstance(settings.policy_model, str) or not settings.policy_model.strip():
+        raise ConfigError(
+            f"--policy-model (round.policy_model in config.json) is {settings.policy_model!r}: expected "
+            "a Hugging Face Hub id or a local folder of a causal language model, or null for none."
+        )
+    for option, value, minimum in (
+        ("policy-batch-size", settings.policy_batch_size, 1),
+        ("policy-max-length", settings.policy_max_length, 2),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(
+                f"--{option} (round.{option.replace('-', '_')} in config.json) is {value!r}, "
+                f"expected an integer >= {minimum}."
+            )
+
+
+def policy_logprobs(store: Store, corpus: Corpus, settings: RoundSettings, prompt_rows: np.ndarray) -> PolicyScores:
+    """Score the responses to `prompt_rows` under `settings.policy_model`, reading and filling the store's cache.
+
+    The model is loaded only when some response is not cached yet; one that cannot be loaded
+    raises ConfigError before anything is written.
+    """
+    model_key = policy_cache_key(settings.policy_model)
+    max_length = settings.policy_max_length
+    scored = np.flatnonzero(np.isin(corpus.prompt_rows, prompt_rows))
+    prompts = {row: text for row, (_, text) in store.prompt_texts().items()}
+    prompt_hashes = {int(row): text_hash(prompts[int(row)]) for row in prompt_rows}
+    keys = {
+        int(position): (prompt_hashes[int(corpus.prompt_rows[position])], corpus.hashes[position])
+        for position in scored
+    }
+    cached = store.cached_policy_logprobs(model_key, max_length, keys.values())
+    missing = [position for position, key in keys.items() if key not in cached]
+    logger.info(
+        "policy log-probabilities under %s: %d of %d responses cached, %d to compute",
+        model_key, len(keys) - len(missing), len(keys), len(missing),
+    )
+
+    if missing:
+        policy, tokenizer = load_policy(settings.policy_model)
+        texts = {response.row: response.text for response in store.responses(corpus.rows[missing].tolist())}
+        for start in range(0, len(missing), POLICY_SAVE_CHUNK):
+            chunk = missing[start : start + POLICY_SAVE_CHUNK]
+            values = mean_token_logprob(
+                policy,
+                tokenizer,
+                [prompts[int(corpus.prompt_rows[position])] for position in chunk],
+                [texts[int(corpus.rows[position])] for position in chunk],
+                batch_size=settings.policy_batch_size,
+                max_length=max_length,
+            )
+            computed = {keys[position]: float(value) for position, value in zip(chunk, values)}
+            store.save_policy_logprobs(model_key, max_length, computed)
+            cached.update(computed)
+
+    logprob = np.zeros(len(corpus.rows))
+    for position, key in keys.items():
+        logprob[position] = cached[key]
+    return PolicyScores(logprob=logprob, computed=len(missing), cached=len(keys) - len(missing))
 
 
 def _drop_unusable(

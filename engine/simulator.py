@@ -49,6 +49,8 @@ class SimulationData:
         modes: (R,) int64 mode label of each response.
         features: (R, F) float32 preference-model features, or None for the embeddings.
         correct: (R,) bool from the oracle's field, read only by the rare-correct metric, or None.
+        policy_logprob: (R,) float64 mean token log-probability of each response under a policy
+            model, given to every candidate pool, or None.
     """
 
     embeddings: np.ndarray
@@ -58,6 +60,7 @@ class SimulationData:
     modes: np.ndarray
     features: np.ndarray | None = None
     correct: np.ndarray | None = None
+    policy_logprob: np.ndarray | None = None
 
     @property
     def preference_features(self) -> np.ndarray:
@@ -185,6 +188,7 @@ def run_strategy(
             seen,
             modes=data.modes,
             features=data.features,
+            policy_logprob=data.policy_logprob,
         )
         started = time.perf_counter()
         selection = select_batch(strategy, pool, settings.budget, strategy_rng, model=model, **options)

@@ -35,6 +35,7 @@ class SimulationCorpus:
         models: (R,) generator model of each response, None when the file has none.
         texts: (R,) response texts.
         metadata: (R,) the row's other fields (for example `answer_key`, `correct`).
+        prompts: (P,) prompt text of each prompt position, from the first row of that prompt id.
     """
 
     prompt_ids: list[str]
@@ -43,6 +44,7 @@ class SimulationCorpus:
     models: list[str | None]
     texts: list[str]
     metadata: list[dict[str, Any]]
+    prompts: list[str]
 
     @property
     def n_responses(self) -> int:
@@ -65,6 +67,7 @@ def read_corpus(path: Path, fields: FieldMap = FieldMap()) -> SimulationCorpus:
         raise InputError(f"{path}: no valid output rows; check the field names (--prompt-field, --response-field)")
 
     prompt_position: dict[str, int] = {}
+    prompt_texts: list[str] = []
     seen_ids: set[str] = set()
     response_ids, response_prompt, models, texts, metadata = [], [], [], [], []
     for record in result.records:
@@ -73,6 +76,8 @@ def read_corpus(path: Path, fields: FieldMap = FieldMap()) -> SimulationCorpus:
             continue
         seen_ids.add(record.response_id)
         position = prompt_position.setdefault(record.prompt_id, len(prompt_position))
+        if position == len(prompt_texts):
+            prompt_texts.append(record.prompt)
         response_ids.append(record.response_id)
         response_prompt.append(position)
         models.append(record.model)
@@ -85,6 +90,7 @@ def read_corpus(path: Path, fields: FieldMap = FieldMap()) -> SimulationCorpus:
         models=models,
         texts=texts,
         metadata=metadata,
+        prompts=prompt_texts,
     )
 
 
@@ -143,3 +149,83 @@ def _write_cache(path: Path, cached: dict[str, np.ndarray]) -> None:
     partial = path.with_suffix(".partial.npz")
     np.savez(partial, hashes=np.asarray(list(cached)), vectors=np.stack(list(cached.values())))
     partial.replace(path)
+
+
+def policy_logprob_with_cache(
+    corpus: SimulationCorpus,
+    scored: np.ndarray,
+    model_name: str,
+    cache_path: Path | None,
+    *,
+    batch_size: int = 8,
+    max_length: int = 1024,
+) -> np.ndarray:
+    """Return each response's mean token log-probability under a policy model, (R,) float64.
+
+    Responses where `scored` (R,) bool is False are not scored and get 0.0. The `.npz` cache contains
+    one corpus: it is read when its model name and the hash of the scored texts match, and
+    otherwise computed again and overwritten.
+    """
+    from acquisition.policy import load_policy, mean_token_logprob, policy_cache_key
+
+    model_key = policy_cache_key(model_name)
+    digest = _policy_texts_hash(corpus, scored, max_length)
+    if cache_path is not None:
+        cached = _read_policy_cache(cache_path, model_key, digest)
+        if cached is not None:
+            logger.info("policy log-probabilities read from %s", cache_path)
+            return cached
+
+    positions = np.flatnonzero(scored)
+    logger.info("scoring %d responses under the policy model %s", positions.size, model_key)
+    model, tokenizer = load_policy(model_name)
+    values = mean_token_logprob(
+        model,
+        tokenizer,
+        [corpus.prompts[corpus.response_prompt[position]] for position in positions],
+        [corpus.texts[position] for position in positions],
+        batch_size=batch_size,
+        max_length=max_length,
+    )
+    logprob = np.zeros(corpus.n_responses)
+    logprob[positions] = values
+    if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache_path.with_suffix(".partial.npz")
+        np.savez(partial, model=np.asarray(model_key), texts_hash=np.asarray(digest), logprob=logprob)
+        partial.replace(cache_path)
+    return logprob
+
+
+def _policy_texts_hash(corpus: SimulationCorpus, scored: np.ndarray, max_length: int) -> str:
+    """Return a SHA-256 over max_length and each response's scored flag, prompt hash and text hash."""
+    digest = hashlib.sha256(f"max_length={max_length}\n".encode("utf-8"))
+    for position, text in enumerate(corpus.texts):
+        prompt = corpus.prompts[corpus.response_prompt[position]]
+        line = f"{int(scored[position])} {_sha256(prompt)} {_sha256(text)}\n"
+        digest.update(line.encode("utf-8"))
+    return digest.hexdigest()
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _read_policy_cache(path: Path, model_key: str, digest: str) -> np.ndarray | None:
+    """Return the cached log-probabilities, or None (with a log line) when the file is missing or stale."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as data:
+            cached_model, cached_digest, logprob = str(data["model"]), str(data["texts_hash"]), data["logprob"]
+    except (OSError, ValueError, KeyError) as error:
+        logger.warning("policy cache %s is unreadable (%s); computing the log-probabilities again", path, error)
+        return None
+    if cached_model != model_key or cached_digest != digest:
+        reason = f"the model {cached_model!r}" if cached_model != model_key else "other texts"
+        logger.warning(
+            "policy cache %s contains log-probabilities for %s; computing them again for %s and replacing the file",
+            path, reason, model_key,
+        )
+        return None
+    return logprob.astype(np.float64)

@@ -66,6 +66,8 @@ def run_from_arguments(args: argparse.Namespace) -> Path:
         tail_chars=args.tail_chars,
         oracle_seed=args.oracle_seed,
         sharpness=DEFAULT_SHARPNESS if args.sharpness is None else args.sharpness,
+        policy_model=args.policy_model,
+        policy_cache=(args.policy_cache or args.out / "policy_logprobs.npz") if args.policy_model else None,
     )
     strategies = [name.strip() for name in args.strategies.split(",") if name.strip()]
     repeated = sorted({name for name in strategies if strategies.count(name) > 1})

@@ -15,7 +15,7 @@ from acquisition.modes import DEFAULT_MODE_THRESHOLD
 from engine.errors import InputError
 from engine.response_features import check_mode_field, generator_features, response_modes
 from engine.simulator import SimulationData
-from engine.simulator_corpus import SimulationCorpus, embed_with_cache, read_corpus
+from engine.simulator_corpus import SimulationCorpus, embed_with_cache, policy_logprob_with_cache, read_corpus
 from engine.simulator_oracles import (
     DEFAULT_SHARPNESS,
     CorrectnessOracle,
@@ -41,6 +41,8 @@ class SimulationInput:
     embedding_model: str | None = None
     oracle_seed: int = 0
     sharpness: float = DEFAULT_SHARPNESS
+    policy_model: str | None = None  # causal LM whose log-probabilities scale novelty, or None
+    policy_cache: Path | None = None  # .npz cache of those log-probabilities, or None for no cache
 
 
 def build_simulation(spec: SimulationInput) -> tuple[SimulationData, Oracle, SimulationCorpus]:
@@ -70,6 +72,11 @@ def build_simulation(spec: SimulationInput) -> tuple[SimulationData, Oracle, Sim
         embeddings, corpus.response_prompt, corpus.metadata, mode_field=spec.mode_field, threshold=spec.mode_threshold
     )
     features = generator_features(embeddings, corpus.models) if spec.generator_feature else None
+    policy_logprob = None
+    if spec.policy_model is not None:
+        # Novelty ranks log-probabilities within a prompt, so only prompts with pairs are scored.
+        scored = np.isin(corpus.response_prompt, corpus.response_prompt[pair_a])
+        policy_logprob = policy_logprob_with_cache(corpus, scored, spec.policy_model, spec.policy_cache)
     correct = None
     if kind == "correctness":
         correct = oracle.correct
@@ -81,6 +88,7 @@ def build_simulation(spec: SimulationInput) -> tuple[SimulationData, Oracle, Sim
         modes=modes,
         features=features,
         correct=correct,
+        policy_logprob=policy_logprob,
     )
     logger.info(
         "simulation: %d responses, %d prompts, %d candidate pairs, %d distinct modes",

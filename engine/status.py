@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -36,6 +37,7 @@ def workspace_status(workspace: Workspace, store: Store) -> dict[str, Any]:
             for row in store.execute("SELECT outcome, COUNT(*) AS n FROM votes GROUP BY outcome ORDER BY outcome")
         },
         "position": position_bias(store),
+        "last_round": last_round(store),
         "preference_model": None,
     }
     if status["votes"]:
@@ -56,13 +58,29 @@ def _heldout(workspace: Workspace, store: Store) -> dict[str, Any] | None:
     return evaluate_heldout(diffs, labels, groups)
 
 
+def last_round(store: Store) -> dict[str, Any] | None:
+    """Describe the latest round: id, strategy, budget, seed, pool size, time and its recorded options.
+
+    Rounds recorded before the round settings joined `options` contain the strategy options only.
+    """
+    row = store.execute(
+        "SELECT id, strategy, budget, seed, pool_size, votes_at_start, options, created_at "
+        "FROM rounds ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    if row is None:
+        return None
+    described = {key: row[key] for key in row.keys() if key != "options"}
+    described["options"] = json.loads(row["options"])
+    return described
+
+
 def format_status(status: dict[str, Any]) -> list[str]:
     lines = [
         f"workspace: {status['workspace']}",
         f"prompts: {status['prompts']}",
         f"responses: {status['responses']} ({status['embedded']} embedded with {status['embedding_model']}, "
         f"{status['embedding_truncated']} embedded from head and tail windows only)",
-        f"rounds: {status['rounds']}",
+        f"rounds: {status['rounds']}" + _format_last_round(status["last_round"]),
         f"pairs selected: {status['pairs_selected']}",
         f"tasks pushed: {status['tasks_pushed']}",
         f"votes: {status['votes']} on {status['pairs_with_votes']} pairs "
@@ -79,6 +97,18 @@ def format_status(status: dict[str, Any]) -> list[str]:
     elif status["votes"]:
         lines.append("preference model: too few decisive votes for a held-out estimate")
     return lines
+
+
+def _format_last_round(round_: dict[str, Any] | None) -> str:
+    if round_ is None:
+        return ""
+    parts = [f"round {round_['id']}", round_["strategy"], f"budget {round_['budget']}", f"seed {round_['seed']}"]
+    options = round_["options"]
+    if options.get("mode_field"):
+        parts.append(f"mode field {options['mode_field']}")
+    if options.get("policy_model"):
+        parts.append(f"policy model {options['policy_model']}")
+    return " (last: " + ", ".join(parts) + ")"
 
 
 def position_bias(store: Store) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The SQLite store of a workspace: prompts, responses, the embedding cache, rounds, pairs and votes.
+"""The SQLite store of a workspace: prompts, responses, the embedding and policy caches, rounds, pairs, votes.
 
 Every write that belongs together runs in one transaction, so an error or an interrupted command
 leaves what was stored before unchanged. Row ids of `responses` and `prompts` double as FAISS ids.
@@ -114,6 +114,16 @@ CREATE TABLE IF NOT EXISTS votes (
     created_at TEXT,
     updated_at TEXT,
     UNIQUE (source, external_id)
+);
+-- Mean token log-probability of a response given its prompt under a policy model, in nats, for
+-- responses scored with at most max_length tokens of prompt and response together.
+CREATE TABLE IF NOT EXISTS policy_logprobs (
+    model TEXT NOT NULL,
+    max_length INTEGER NOT NULL,
+    prompt_hash TEXT NOT NULL,
+    response_hash TEXT NOT NULL,
+    logprob REAL NOT NULL,
+    PRIMARY KEY (model, max_length, prompt_hash, response_hash)
 );
 CREATE INDEX IF NOT EXISTS responses_by_prompt ON responses (prompt_row);
 CREATE INDEX IF NOT EXISTS votes_by_pair ON votes (pair_id);
@@ -318,6 +328,38 @@ class Store:
             return rows, np.zeros((0, 0), dtype=np.float32)
         vectors = np.stack([np.frombuffer(record["vector"], dtype=np.float32) for record in records])
         return rows, vectors
+
+    # policy log-probability cache
+
+    def cached_policy_logprobs(
+        self, model: str, max_length: int, keys: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], float]:
+        """Return (prompt hash, response hash) -> cached mean token log-probability, for the keys found."""
+        requested = set(keys)
+        response_hashes = list(dict.fromkeys(response for _, response in requested))
+        found: dict[tuple[str, str], float] = {}
+        for start in range(0, len(response_hashes), 900):
+            chunk = response_hashes[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            rows = self.execute(
+                "SELECT prompt_hash, response_hash, logprob FROM policy_logprobs "
+                f"WHERE model = ? AND max_length = ? AND response_hash IN ({marks})",
+                [model, max_length, *chunk],
+            )
+            for row in rows:
+                key = (row["prompt_hash"], row["response_hash"])
+                if key in requested:
+                    found[key] = float(row["logprob"])
+        return found
+
+    def save_policy_logprobs(self, model: str, max_length: int, values: dict[tuple[str, str], float]) -> None:
+        """Store mean token log-probabilities keyed by (prompt hash, response hash), in one transaction."""
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO policy_logprobs (model, max_length, prompt_hash, response_hash, logprob) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(model, max_length, prompt, response, value) for (prompt, response), value in values.items()],
+            )
 
     # pairs and votes
 
