@@ -31,7 +31,7 @@ from acquisition.scores import (
     within_prompt_rarity,
 )
 from acquisition.selectors import k_center_greedy, sample_by_score, select_diverse, select_top_k
-from acquisition.strategies import DEFAULT_STRATEGY
+from acquisition.strategies import DEFAULT_STRATEGY, default_novelty_weight
 from acquisition.variance import greedy_variance_reduction, select_variance_reduction
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "Strategy",
     "bald",
     "cluster_modes",
+    "default_novelty_weight",
     "distance_to_seen",
     "get_strategy",
     "greedy_variance_reduction",

@@ -47,6 +47,10 @@ TYPICAL_PARTNER_WEIGHT = 0.5
 # A pair of two responses in one mode shows one answer only, so its score is halved.
 SAME_MODE_FACTOR = 0.5
 
+# With modes, a response that no ensemble member rates best in its prompt keeps this share of its
+# novelty, so novelty still orders the pairs of prompts where the model favours the usual answer.
+OPTIMISM_FLOOR = 0.1
+
 # Policy unlikelihood scales response novelty between this floor (the policy's most likely
 # response of the prompt) and 1 (its least likely), so it reorders novel responses without
 # vetoing any of them.
@@ -162,15 +166,16 @@ def pair_novelty(
     Args:
         pool: the candidate pool.
         n_neighbors: neighbours of the embedding rarity (unused with modes).
-        optimism: (R,) values in [0, 1] that multiply each response's novelty, for example
-            `reward_optimism`, or None.
+        optimism: (R,) values in [0, 1], for example `reward_optimism`, or None. Without modes
+            they multiply each response's novelty, and with modes each pair's score by the value
+            of its rarer response.
     """
     novelty = response_novelty_scores(pool, n_neighbors=n_neighbors)
-    if optimism is not None:
-        novelty = novelty * optimism
     if pool.modes is None:
+        if optimism is not None:
+            novelty = novelty * optimism
         return pair_novelty_from_responses(novelty, pool.pair_a, pool.pair_b)
-    return mode_pair_novelty(pool, novelty)
+    return mode_pair_novelty(pool, novelty, optimism=optimism)
 
 
 def response_novelty_scores(pool: CandidatePool, *, n_neighbors: int = DEFAULT_NEIGHBORS) -> np.ndarray:
@@ -197,13 +202,17 @@ def response_novelty_scores(pool: CandidatePool, *, n_neighbors: int = DEFAULT_N
     return novelty
 
 
-def mode_pair_novelty(pool: CandidatePool, novelty: np.ndarray) -> np.ndarray:
+def mode_pair_novelty(
+    pool: CandidatePool, novelty: np.ndarray, *, optimism: np.ndarray | None = None
+) -> np.ndarray:
     """Score pairs from response novelty (R,) and the pool's modes, (N,) float64.
 
     The score is the higher response novelty, plus MODE_COVERAGE_WEIGHT per mode the pair would
     show for the first time, plus TYPICAL_PARTNER_WEIGHT times the share of the prompt's responses
     in the mode of the pair's less rare response. A pair whose two responses share a mode counts
-    that mode once and gets SAME_MODE_FACTOR times the sum.
+    that mode once and gets SAME_MODE_FACTOR times the sum. With `optimism` (R,), the score is
+    multiplied by the optimism of the pair's rarer response, so the coverage and partner terms
+    count only as much as the chance that the rare answer is the better one.
     """
     if pool.modes is None:
         raise InputError("mode_pair_novelty needs a pool with modes: pass modes= to CandidatePool.")
@@ -216,16 +225,22 @@ def mode_pair_novelty(pool: CandidatePool, novelty: np.ndarray) -> np.ndarray:
     new_modes = unshown[pool.pair_a].astype(np.float64) + np.where(same_mode, 0.0, unshown[pool.pair_b])
     partner_share = 1.0 - np.minimum(rarity[pool.pair_a], rarity[pool.pair_b])
     scores = best + MODE_COVERAGE_WEIGHT * new_modes + TYPICAL_PARTNER_WEIGHT * partner_share
-    return np.where(same_mode, SAME_MODE_FACTOR * scores, scores)
+    scores = np.where(same_mode, SAME_MODE_FACTOR * scores, scores)
+    if optimism is not None:
+        rarer = np.where(rarity[pool.pair_a] >= rarity[pool.pair_b], pool.pair_a, pool.pair_b)
+        scores = scores * optimism[rarer]
+    return scores
 
 
 def reward_optimism(pool: CandidatePool, model: PreferenceModel) -> np.ndarray:
-    """Rank each response by an optimistic reward among its prompt's responses, (R,) in [0, 1].
+    """Score how promising each response is among its prompt's responses, (R,) in [0, 1].
 
-    The optimistic reward is the ensemble mean reward plus one ensemble standard deviation (an
-    upper confidence bound), so a response that the model rates well, or has little evidence on,
-    ranks high. Multiplying novelty by this rank favours rare responses that may well be the better
-    ones over rare responses the model already rates poorly.
+    With modes, the score is OPTIMISM_FLOOR plus (1 - OPTIMISM_FLOOR) times the share of ensemble
+    members under which the response has the highest reward of its prompt (its probability of
+    being the best). A minority answer that the model rates above the majority then scores near 1,
+    and any other response near the floor, so novelty times this score puts first the rare answers
+    that may be right. Without modes, the score is the rank of the optimistic reward (ensemble mean
+    plus one standard deviation) among the prompt's responses.
     """
     if model.dim != pool.dim:
         raise InputError(
@@ -233,8 +248,15 @@ def reward_optimism(pool: CandidatePool, model: PreferenceModel) -> np.ndarray:
             f"{pool.dim}: refit the model on features built the same way."
         )
     member_rewards = pool.preference_features.astype(np.float64) @ model.weights.T  # (R, M)
-    upper = member_rewards.mean(axis=1) + member_rewards.std(axis=1)
-    return rank_within_prompt(upper, pool.response_prompt)
+    if pool.modes is None:
+        upper = member_rewards.mean(axis=1) + member_rewards.std(axis=1)
+        return rank_within_prompt(upper, pool.response_prompt)
+
+    best_share = np.zeros(member_rewards.shape[0])
+    for member in range(member_rewards.shape[1]):
+        best_share += rank_within_prompt(member_rewards[:, member], pool.response_prompt) == 1.0
+    best_share /= member_rewards.shape[1]
+    return OPTIMISM_FLOOR + (1.0 - OPTIMISM_FLOOR) * best_share
 
 
 def rank_within_prompt(values: np.ndarray, response_prompt: np.ndarray) -> np.ndarray:

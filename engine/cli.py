@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     round_.add_argument("--candidates", type=Path, help="votes-style file (response_a_id, response_b_id) restricting the candidate pool")
     round_.add_argument("--mode-field", help="response metadata field naming a response's answer, its mode, for example answer_key (default from config: none, embedding clusters)")
     round_.add_argument("--generator-feature", action="store_true", default=None, help="add a one-hot of the generator model to the preference model's features (default from config: off)")
-    round_.add_argument("--novelty-weight", type=float, help="hybrid: share of each batch chosen by novelty; stochastic: weight of novelty against uncertainty; 0-1 (default from config: 0.25)")
+    round_.add_argument("--novelty-weight", type=float, help="hybrid: share of each batch chosen by novelty; stochastic: weight of novelty against uncertainty; 0-1 (default from config: 0.5 with --mode-field, else 0.1)")
     round_.add_argument("--no-optimism", dest="optimism", action="store_false", default=None, help="hybrid and stochastic: do not weight novelty by the model's optimistic reward rank (default from config: weight it)")
     round_.add_argument("--policy-model", metavar="NAME", help="causal language model (Hugging Face Hub id or local folder) under which rarely sampled responses count as more novel; each response's mean token log-probability is computed once and cached in the workspace (default from config: none)")
     round_.add_argument("--policy-batch-size", type=int, metavar="N", help="responses per forward pass of the policy model (default from config: 8)")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from acquisition import CandidatePool, get_strategy, select_batch, strategy_options
+from acquisition import CandidatePool, default_novelty_weight, get_strategy, select_batch, strategy_options
 from acquisition.policy import load_policy, mean_token_logprob, policy_cache_key
 from engine.errors import ConfigError, InputError
 from engine.preference import PreferenceModel
@@ -279,7 +279,11 @@ def run_round(
     # Settings apply to the strategies that take them; `random` stays uniform over the pool.
     settings_options = {
         "max_per_prompt": settings.max_pairs_per_prompt,
-        "novelty_weight": settings.novelty_weight,
+        "novelty_weight": (
+            default_novelty_weight(settings.mode_field is not None)
+            if settings.novelty_weight is None
+            else settings.novelty_weight
+        ),
         "optimism": settings.optimism,
     }
     accepted = strategy_options(strategy)

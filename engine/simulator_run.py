@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from acquisition import default_novelty_weight
 from acquisition.modes import DEFAULT_MODE_THRESHOLD
 from engine.errors import ConfigError
 from engine.simulator import SimulationSettings, simulate
@@ -75,6 +76,7 @@ def run_from_arguments(args: argparse.Namespace) -> Path:
         raise ConfigError(f"--strategies names {', '.join(repeated)} more than once; name each strategy once")
     options = parse_options(args.option)
     _check_options_used(options, strategies)
+    options.setdefault("novelty_weight", default_novelty_weight(spec.mode_field is not None))
     settings = SimulationSettings(
         strategies=strategies,
         budget=args.budget,

@@ -38,7 +38,9 @@ class RoundSettings:
     mode_field: str | None = None  # response metadata field naming a response's answer, or None for embedding clusters
     mode_threshold: float = 0.9  # cosine similarity joining two responses in one cluster mode (without mode_field)
     generator_feature: bool = False  # add a one-hot of the generator model to the preference model's features
-    novelty_weight: float = 0.25  # hybrid: share of the batch chosen by novelty; stochastic: weight of novelty; in [0, 1]
+    # hybrid: share of each batch chosen by novelty; stochastic: weight of novelty; in [0, 1].
+    # None: 0.5 with a mode_field (answers), 0.1 without (embedding clusters).
+    novelty_weight: float | None = None
     optimism: bool = True  # hybrid and stochastic: weight novelty by the rank of the optimistic reward
     policy_model: str | None = None  # causal LM (Hub id or folder) whose log-probabilities scale novelty, or None
     policy_batch_size: int = 8  # responses per forward pass of the policy model

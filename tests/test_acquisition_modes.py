@@ -7,7 +7,13 @@ import pytest
 
 from acquisition import CandidatePool, select_batch
 from acquisition.modes import cluster_modes, mode_rarity, modes_from_values, prompt_mode_keys, shown_modes
-from acquisition.scores import pair_novelty, rank_within_prompt, response_novelty_scores, reward_optimism
+from acquisition.scores import (
+    OPTIMISM_FLOOR,
+    pair_novelty,
+    rank_within_prompt,
+    response_novelty_scores,
+    reward_optimism,
+)
 from engine.errors import ConfigError, InputError
 from engine.preference import PreferenceModel
 
@@ -129,6 +135,33 @@ def test_reward_optimism_ranks_better_response_higher() -> None:
     optimism = reward_optimism(pool, model)
     best = int(np.argmax(pool.embeddings @ true_weights))
     assert optimism[best] == 1.0
+
+
+def fixed_model(weights: np.ndarray) -> PreferenceModel:
+    """A model whose members all have the given weights (D,), fitted first for its attributes."""
+    pool = one_prompt_pool([0, 1, 2, 3])
+    diffs = pool.embeddings[pool.pair_a] - pool.embeddings[pool.pair_b]
+    model = PreferenceModel(n_members=4, seed=0).fit(diffs, np.ones(diffs.shape[0]))
+    model._weights = np.tile(weights, (4, 1))
+    return model
+
+
+def test_reward_optimism_best_minority_answer() -> None:
+    """The response every member rates best gets 1, the others the floor."""
+    pool = one_prompt_pool([0, 0, 0, 1])
+    model = fixed_model(pool.embeddings[3].astype(np.float64))
+    optimism = reward_optimism(pool, model)
+    assert optimism[3] == 1.0
+    assert optimism[:3].max() == pytest.approx(OPTIMISM_FLOOR)
+
+
+def test_optimism_scales_pair_of_rarer_response() -> None:
+    pool = one_prompt_pool([0, 0, 1, 2])
+    plain = pair_novelty(pool)
+    optimism = np.array([1.0, 1.0, 0.5, 1.0])
+    scaled = pair_novelty(pool, optimism=optimism)
+    pair = np.flatnonzero((pool.pair_a == 0) & (pool.pair_b == 2))[0]
+    assert scaled[pair] == pytest.approx(0.5 * plain[pair])
 
 
 def test_policy_logprob_reorders_novelty() -> None:

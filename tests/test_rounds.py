@@ -14,7 +14,7 @@ import pytest
 import engine.preference
 import engine.rounds
 from acquisition.modes import DEFAULT_MODE_THRESHOLD
-from acquisition.strategies import DEFAULT_NOVELTY_WEIGHT, select_hybrid
+from acquisition.strategies import ANSWER_NOVELTY_WEIGHT, DEFAULT_NOVELTY_WEIGHT, select_hybrid
 from engine.cli import build_parser
 from engine.commands import run_round as run_round_command
 from engine.errors import ConfigError, InputError
@@ -126,7 +126,7 @@ def test_round_settings_defaults_match_library() -> None:
     settings = RoundSettings()
     hybrid_optimism = inspect.signature(select_hybrid).parameters["optimism"].default
     assert settings.mode_threshold == DEFAULT_MODE_THRESHOLD
-    assert settings.novelty_weight == DEFAULT_NOVELTY_WEIGHT
+    assert settings.novelty_weight is None
     assert settings.optimism == hybrid_optimism
     assert settings.mode_field is None
     assert settings.generator_feature is False
@@ -260,3 +260,11 @@ def test_cli_round_defaults_from_config(workspace: Workspace, recorder: Selectio
     assert options["novelty_weight"] == DEFAULT_NOVELTY_WEIGHT
     assert options["optimism"] is True
     assert pool.features is None
+
+
+def test_cli_round_answer_modes_novelty_weight(workspace: Workspace, recorder: SelectionRecorder) -> None:
+    args = build_parser().parse_args(
+        ["round", "--budget", "4", "--seed", "0", "--no-push", "--mode-field", "answer_key"]
+    )
+    assert run_round_command(workspace, args) == 0
+    assert recorder.calls[0]["options"]["novelty_weight"] == ANSWER_NOVELTY_WEIGHT
