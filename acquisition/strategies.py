@@ -162,8 +162,8 @@ def select_hybrid(
 ) -> Selection:
     """Select a batch by novelty and uncertainty.
 
-    With `uncertainty="variance"`, round(novelty_weight * k) pairs are chosen by novelty with the
-    selector, and the rest by greedy variance reduction given those pairs (the prior before the
+    With `uncertainty="variance"`, novelty_weight * k pairs (on average: a fractional part is rounded
+    up with its own probability) are chosen by novelty with the selector, and the rest by greedy variance reduction given those pairs (the prior before the
     first votes). A pair's score is the novelty or the variance gain of the part that chose it, so
     the two parts' scores are on different scales. The part that chose a pair is the one whose
     column (`novelty` or `uncertainty`) is not NaN.
@@ -248,7 +248,7 @@ def _novelty_then_variance(
     _check_novelty_weight(novelty_weight)
     optimistic_rank = reward_optimism(pool, model) if optimism and model is not None else None
     novelty = pair_novelty(pool, n_neighbors=n_neighbors, optimism=optimistic_rank)
-    n_novel = round(novelty_weight * k)
+    n_novel = _novelty_share(novelty_weight, k, rng)
     novel = (
         _pick(pool, novelty, n_novel, rng, selector, max_per_prompt, prefilter)
         if n_novel
@@ -263,6 +263,21 @@ def _novelty_then_variance(
     novelty_scores[novel] = novelty[novel]
     scores = np.where(np.isnan(novelty_scores), uncertainty_scores, novelty_scores)
     return Selection.build(picked, scores, novelty=novelty_scores, uncertainty=uncertainty_scores)
+
+
+def _novelty_share(novelty_weight: float, k: int, rng: np.random.Generator) -> int:
+    """Return the number of novelty picks in a batch of k, novelty_weight * k on average.
+
+    The fractional part is rounded up with its own probability, so that a weight of 0.1 still
+    gives a batch of 5 one novelty pick half of the time. No random number is drawn when
+    novelty_weight * k is whole.
+    """
+    expected = novelty_weight * k
+    whole = int(np.floor(expected))
+    fraction = expected - whole
+    if fraction > 1e-9 and rng.random() < fraction:
+        whole += 1
+    return min(whole, k)
 
 
 def _at_picks(n_pairs: int, picked: np.ndarray, values: np.ndarray) -> np.ndarray:

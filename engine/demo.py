@@ -64,7 +64,7 @@ def run_demo(
             pushed = push_pending(workspace, store, project)
             simulated = simulate_annotators(store, project, annotators=annotators, votes_path=votes)
             pulled = pull_votes(store, project)
-            mode = "with the preference model" if report.model_trained else "cold start: novelty only"
+            mode = "with the preference model" if report.model_trained else "cold start: no votes yet, uncertainty from the prior"
             print(
                 f"[{2 + number}] round {report.round_id} ({report.strategy}, {mode}): {report.selected} pairs "
                 f"selected, {pushed} tasks pushed, {simulated.annotations_created} simulated votes, "

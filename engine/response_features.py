@@ -6,6 +6,7 @@ arrays through these functions, so a strategy gets the same inputs offline and i
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,6 +14,8 @@ import numpy as np
 
 from acquisition.modes import DEFAULT_MODE_THRESHOLD, cluster_modes, modes_from_values
 from engine.errors import ConfigError, InputError
+
+logger = logging.getLogger(__name__)
 
 # Oracle fields that must never become modes or features, because strategies would then read them.
 ORACLE_FIELDS = frozenset({"correct", "gold_answer"})
@@ -54,6 +57,15 @@ def response_modes(
     values = [row.get(mode_field) for row in metadata]
     if all(value is None for value in values):
         raise InputError(f"no response has the mode field {mode_field!r}: check {option}.")
+    missing = sum(1 for value in values if value is None or (isinstance(value, str) and not value.strip()))
+    if missing:
+        logger.warning(
+            "%d of %d responses have no value for the mode field %r: each of them is its own mode, "
+            "so it counts as rare; fill the field or leave those responses out",
+            missing,
+            len(values),
+            mode_field,
+        )
     return modes_from_values(values, response_prompt)
 
 

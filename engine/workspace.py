@@ -108,6 +108,7 @@ class Config:
                         f"{source}: unknown key {section_name}.{key}; "
                         f"known keys: {', '.join(known)}"
                     )
+                _check_value_type(source, f"{section_name}.{key}", known[key].type, value)
                 setattr(section, key, value)
         return config
 
@@ -116,6 +117,31 @@ class Config:
 
 
 _SECTION_NAMES = tuple(f.name for f in fields(Config))
+
+# JSON value types accepted for each annotation of a settings field. An int is accepted where a
+# float is expected, and a bool (a subclass of int in Python) only where a bool is.
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "str": (str,),
+    "None": (type(None),),
+}
+_JSON_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "None": "null"}
+
+
+def _check_value_type(source: Path, key: str, annotation: object, value: object) -> None:
+    """Raise ConfigError when a config value does not have the JSON type its field declares."""
+    names = [name.strip() for name in str(annotation).split("|")]
+    if any(name not in _JSON_TYPES for name in names):
+        return
+    for name in names:
+        if isinstance(value, bool) and name != "bool":
+            continue
+        if isinstance(value, _JSON_TYPES[name]):
+            return
+    expected = " or ".join(_JSON_NAMES[name] for name in names)
+    raise ConfigError(f"{source}: {key} is {json.dumps(value)}, expected {expected}; fix the value in that file")
 
 
 class Workspace:

@@ -16,6 +16,7 @@ from acquisition.scores import (
 )
 from engine.errors import ConfigError, InputError
 from engine.preference import PreferenceModel
+from engine.response_features import response_modes
 
 DIM = 8
 
@@ -215,3 +216,11 @@ def test_strategies_run_with_modes_and_features(name: str) -> None:
     selection = select_batch(name, pool, 7, np.random.default_rng(0), model=model)
     assert len(selection) == 7
     assert np.isfinite(selection.scores).all()
+
+
+def test_response_modes_warns_missing_values(caplog: pytest.LogCaptureFixture) -> None:
+    pool = one_prompt_pool([0, 1, 2, 3])
+    metadata = [{"answer_key": "4"}, {"answer_key": "4"}, {"answer_key": ""}, {}]
+    with caplog.at_level("WARNING"):
+        response_modes(pool.embeddings, pool.response_prompt, metadata, mode_field="answer_key")
+    assert "2 of 4 responses have no value" in caplog.text

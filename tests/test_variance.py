@@ -169,6 +169,18 @@ def test_hybrid_novelty_share() -> None:
     assert np.isfinite(selection.novelty).sum() == 2
 
 
+def test_hybrid_fractional_share() -> None:
+    """A share of 0.1 of a batch of 5 gives one novelty pick in about half of the batches."""
+    pool = make_pool()
+    model = fit_model(pool)
+    counts = [
+        int(np.isfinite(select_batch("hybrid", pool, 5, np.random.default_rng(seed), model=model).novelty).sum())
+        for seed in range(40)
+    ]
+    assert set(counts) == {0, 1}
+    assert 10 <= sum(counts) <= 30
+
+
 def test_hybrid_all_novelty() -> None:
     pool = make_pool()
     selection = select_batch(
