@@ -99,7 +99,7 @@ def run_round(workspace: Workspace, args: argparse.Namespace) -> int:
             f"round {report.round_id}: {report.strategy} selected {report.selected} of {report.pool_size} "
             f"candidate pairs (seed {report.seed}; {model_note})"
         )
-        if settings.policy_model is not None:
+        if report.policy_model is not None:
             print(
                 f"policy log-probabilities under {settings.policy_model}: {report.policy_computed} computed, "
                 f"{report.policy_cached} read from the workspace cache"

@@ -16,7 +16,19 @@ from pathlib import Path
 import numpy as np
 
 from acquisition import CandidatePool, default_novelty_weight, get_strategy, select_batch, strategy_options
-from acquisition.policy import load_policy, mean_token_logprob, policy_cache_key
+from acquisition.policy import (
+    cap_max_length,
+    check_policy_name,
+    describe_ids,
+    fill_tokenless,
+    has_tokens,
+    load_policy_config,
+    load_policy_model,
+    load_policy_tokenizer,
+    mean_token_logprob,
+    policy_cache_key,
+    strategy_uses_policy,
+)
 from engine.errors import ConfigError, InputError
 from engine.preference import PreferenceModel
 from engine.records import RowProblem, iter_rows
@@ -48,6 +60,7 @@ class RoundReport:
     candidate_problems: list[RowProblem] = field(default_factory=list)
     policy_computed: int = 0  # policy log-probabilities computed in this round
     policy_cached: int = 0  # policy log-probabilities read from the store's cache
+    policy_model: str | None = None  # cache key of the policy model that scored this round, None when unused
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,8 @@ class PolicyScores:
     logprob: np.ndarray  # (R,) float64 in corpus order; 0.0 for responses that were not scored
     computed: int
     cached: int
+    model_key: str  # policy_cache_key of the model
+    max_length: int  # tokens of prompt and response scored together, capped at the model's limit
 
 
 @dataclass(frozen=True)
@@ -226,6 +241,7 @@ def run_round(
     strategy = strategy or settings.strategy
     get_strategy(strategy)  # an unknown name fails here, listing the known ones, before any work
     check_mode_field(settings.mode_field, MODE_FIELD_OPTION)
+    check_novelty_weight(settings.novelty_weight)
     if settings.policy_model is not None:
         check_policy_settings(settings)
     seed = secrets.randbelow(2**31) if seed is None else seed
@@ -255,7 +271,9 @@ def run_round(
             candidate_problems=problems,
         )
     policy = None
-    if settings.policy_model is not None:
+    if settings.policy_model is not None and not strategy_uses_policy(strategy):
+        logger.info("strategy %s does not score novelty, so the policy model %s is not used", strategy, settings.policy_model)
+    elif settings.policy_model is not None:
         # Novelty ranks a response's log-probability among all responses to its prompt, so every
         # response of a prompt with a candidate pair is scored, and no other.
         policy = policy_logprobs(store, corpus, settings, np.unique(corpus.prompt_rows[firsts]))
@@ -291,7 +309,7 @@ def run_round(
         key: value for key, value in settings_options.items() if accepted is None or key in accepted
     }
     selection = select_batch(strategy, pool, budget, rng, model=model, **options)
-    recorded_options = {**options, **settings_used(settings, options)}
+    recorded_options = {**options, **settings_used(settings, options, policy)}
     round_id = _record(store, corpus, strategy, budget, seed, pool, selection, decisive_votes, recorded_options, rng)
     logger.info(
         "round %d: %s selected %d of %d candidate pairs (seed %d, %d decisive votes)",
@@ -308,25 +326,39 @@ def run_round(
         candidate_problems=problems,
         policy_computed=0 if policy is None else policy.computed,
         policy_cached=0 if policy is None else policy.cached,
+        policy_model=None if policy is None else policy.model_key,
     )
 
 
-def settings_used(settings: RoundSettings, options: dict[str, object]) -> dict[str, object]:
+def settings_used(
+    settings: RoundSettings, options: dict[str, object], policy: PolicyScores | None = None
+) -> dict[str, object]:
     """Return the round settings to record with a round; a setting the round did not use is None.
 
-    `novelty_weight` and `optimism` count as used when the strategy took them as options, and
-    `mode_threshold` only without a mode field.
+    `novelty_weight` and `optimism` count as used when the strategy took them as options,
+    `mode_threshold` only without a mode field, and the policy model and its max length only when
+    `policy` scored the pool. The recorded max length is the one the cache is keyed by.
     """
-    policy_model = settings.policy_model
     return {
         "mode_field": settings.mode_field,
         "mode_threshold": settings.mode_threshold if settings.mode_field is None else None,
         "generator_feature": settings.generator_feature,
         "novelty_weight": options.get("novelty_weight"),
         "optimism": options.get("optimism"),
-        "policy_model": None if policy_model is None else policy_cache_key(policy_model),
-        "policy_max_length": None if policy_model is None else settings.policy_max_length,
+        "policy_model": None if policy is None else policy.model_key,
+        "policy_max_length": None if policy is None else policy.max_length,
     }
+
+
+def check_novelty_weight(value: object) -> None:
+    """Reject a novelty weight outside [0, 1], whatever the strategy, so a typo never passes silently."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ConfigError(
+            f"--novelty-weight (round.novelty_weight in config.json) is {value!r}, expected a number "
+            "in [0, 1] (0 for uncertainty only, 1 for novelty only), or null for the default."
+        )
 
 
 def check_policy_settings(settings: RoundSettings) -> None:
@@ -336,6 +368,7 @@ def check_policy_settings(settings: RoundSettings) -> None:
             f"--policy-model (round.policy_model in config.json) is {settings.policy_model!r}: expected "
             "a Hugging Face Hub id or a local folder of a causal language model, or null for none."
         )
+    check_policy_name(settings.policy_model)
     for option, value, minimum in (
         ("policy-batch-size", settings.policy_batch_size, 1),
         ("policy-max-length", settings.policy_max_length, 2),
@@ -350,11 +383,15 @@ def check_policy_settings(settings: RoundSettings) -> None:
 def policy_logprobs(store: Store, corpus: Corpus, settings: RoundSettings, prompt_rows: np.ndarray) -> PolicyScores:
     """Score the responses to `prompt_rows` under `settings.policy_model`, reading and filling the store's cache.
 
-    The model is loaded only when some response is not cached yet; one that cannot be loaded
-    raises ConfigError before anything is written.
+    The tokenizer and config are loaded first, because the cache is keyed by the max length after
+    capping it at the model's limit. The model itself is loaded only when some response is not
+    cached yet; one that cannot be loaded raises ConfigError before anything is written. A response
+    without tokens is never cached and gets the lowest log-probability of its prompt (see
+    `fill_tokenless`), with a warning naming its id.
     """
     model_key = policy_cache_key(settings.policy_model)
-    max_length = settings.policy_max_length
+    tokenizer = load_policy_tokenizer(settings.policy_model)
+    max_length = _policy_max_length(settings, tokenizer)
     scored = np.flatnonzero(np.isin(corpus.prompt_rows, prompt_rows))
     prompts = {row: text for row, (_, text) in store.prompt_texts().items()}
     prompt_hashes = {int(row): text_hash(prompts[int(row)]) for row in prompt_rows}
@@ -364,21 +401,23 @@ def policy_logprobs(store: Store, corpus: Corpus, settings: RoundSettings, promp
     }
     cached = store.cached_policy_logprobs(model_key, max_length, keys.values())
     missing = [position for position, key in keys.items() if key not in cached]
+    responses = {response.row: response for response in store.responses(corpus.rows[missing].tolist())}
+    tokenless = [position for position in missing if not has_tokens(tokenizer, responses[int(corpus.rows[position])].text)]
+    to_compute = sorted(set(missing) - set(tokenless))
     logger.info(
-        "policy log-probabilities under %s: %d of %d responses cached, %d to compute",
-        model_key, len(keys) - len(missing), len(keys), len(missing),
+        "policy log-probabilities under %s (max length %d): %d of %d responses cached, %d to compute",
+        model_key, max_length, len(keys) - len(missing), len(keys), len(to_compute),
     )
 
-    if missing:
-        policy, tokenizer = load_policy(settings.policy_model)
-        texts = {response.row: response.text for response in store.responses(corpus.rows[missing].tolist())}
-        for start in range(0, len(missing), POLICY_SAVE_CHUNK):
-            chunk = missing[start : start + POLICY_SAVE_CHUNK]
+    if to_compute:
+        policy = load_policy_model(settings.policy_model)
+        for start in range(0, len(to_compute), POLICY_SAVE_CHUNK):
+            chunk = to_compute[start : start + POLICY_SAVE_CHUNK]
             values = mean_token_logprob(
                 policy,
                 tokenizer,
                 [prompts[int(corpus.prompt_rows[position])] for position in chunk],
-                [texts[int(corpus.rows[position])] for position in chunk],
+                [responses[int(corpus.rows[position])].text for position in chunk],
                 batch_size=settings.policy_batch_size,
                 max_length=max_length,
             )
@@ -388,8 +427,33 @@ def policy_logprobs(store: Store, corpus: Corpus, settings: RoundSettings, promp
 
     logprob = np.zeros(len(corpus.rows))
     for position, key in keys.items():
-        logprob[position] = cached[key]
-    return PolicyScores(logprob=logprob, computed=len(missing), cached=len(keys) - len(missing))
+        logprob[position] = cached.get(key, np.nan)
+    if tokenless:
+        logger.warning(
+            "%d responses have no tokens under the tokenizer of %s, so each gets the lowest "
+            "log-probability of its prompt's responses: %s",
+            len(tokenless), model_key,
+            describe_ids([responses[int(corpus.rows[position])].response_id for position in tokenless]),
+        )
+        logprob = fill_tokenless(logprob, corpus.prompt_rows)
+    return PolicyScores(
+        logprob=logprob,
+        computed=len(to_compute),
+        cached=len(keys) - len(missing),
+        model_key=model_key,
+        max_length=max_length,
+    )
+
+
+def _policy_max_length(settings: RoundSettings, tokenizer: object) -> int:
+    """Return --policy-max-length capped at the policy model's position limit, logging a cap."""
+    max_length = cap_max_length(settings.policy_max_length, load_policy_config(settings.policy_model), tokenizer)
+    if max_length < settings.policy_max_length:
+        logger.info(
+            "policy model %s accepts at most %d tokens, so --policy-max-length %d is lowered to %d",
+            settings.policy_model, max_length, settings.policy_max_length, max_length,
+        )
+    return max_length
 
 
 def _drop_unusable(

@@ -162,24 +162,68 @@ def policy_logprob_with_cache(
 ) -> np.ndarray:
     """Return each response's mean token log-probability under a policy model, (R,) float64.
 
-    Responses where `scored` (R,) bool is False are not scored and get 0.0. The `.npz` cache contains
-    one corpus: it is read when its model name and the hash of the scored texts match, and
-    otherwise computed again and overwritten.
+    Responses where `scored` (R,) bool is False are not scored and get 0.0. `max_length` is capped
+    at the model's position limit. A scored response without tokens gets the lowest
+    log-probability of its prompt (see `fill_tokenless`), with a warning naming its id. The `.npz`
+    cache contains one corpus, with NaN for responses without tokens: it is read when its model
+    name and the hash of the scored texts and max length match, and otherwise computed again and
+    overwritten.
     """
-    from acquisition.policy import load_policy, mean_token_logprob, policy_cache_key
+    from acquisition.policy import (
+        cap_max_length,
+        describe_ids,
+        fill_tokenless,
+        load_policy_config,
+        load_policy_tokenizer,
+        policy_cache_key,
+    )
 
     model_key = policy_cache_key(model_name)
-    digest = _policy_texts_hash(corpus, scored, max_length)
+    tokenizer = load_policy_tokenizer(model_name)
+    capped = cap_max_length(max_length, load_policy_config(model_name), tokenizer)
+    if capped < max_length:
+        logger.info("policy model %s accepts at most %d tokens, so max length %d is lowered to %d",
+                    model_key, capped, max_length, capped)
+    digest = _policy_texts_hash(corpus, scored, capped)
+    logprob = None
     if cache_path is not None:
-        cached = _read_policy_cache(cache_path, model_key, digest)
-        if cached is not None:
+        logprob = _read_policy_cache(cache_path, model_key, digest)
+        if logprob is not None:
             logger.info("policy log-probabilities read from %s", cache_path)
-            return cached
+    if logprob is None:
+        logprob = _score_policy(corpus, scored, model_name, tokenizer, batch_size=batch_size, max_length=capped)
+        if cache_path is not None:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            partial = cache_path.with_suffix(".partial.npz")
+            np.savez(partial, model=np.asarray(model_key), texts_hash=np.asarray(digest), logprob=logprob)
+            partial.replace(cache_path)
 
-    positions = np.flatnonzero(scored)
-    logger.info("scoring %d responses under the policy model %s", positions.size, model_key)
-    model, tokenizer = load_policy(model_name)
-    values = mean_token_logprob(
+    tokenless = np.flatnonzero(np.isnan(logprob))
+    if tokenless.size:
+        logger.warning(
+            "%d responses have no tokens under the tokenizer of %s, so each gets the lowest "
+            "log-probability of its prompt's responses: %s",
+            tokenless.size, model_key, describe_ids([corpus.response_ids[position] for position in tokenless]),
+        )
+    return fill_tokenless(logprob, corpus.response_prompt)
+
+
+def _score_policy(
+    corpus: SimulationCorpus, scored: np.ndarray, model_name: str, tokenizer: Any, *, batch_size: int, max_length: int
+) -> np.ndarray:
+    """Score the responses where `scored` is True, (R,) float64: 0.0 where not scored, NaN without tokens."""
+    from acquisition.policy import has_tokens, load_policy_model, mean_token_logprob
+
+    positions, tokenless = [], []
+    for position in np.flatnonzero(scored).tolist():
+        (positions if has_tokens(tokenizer, corpus.texts[position]) else tokenless).append(position)
+    logprob = np.zeros(corpus.n_responses)
+    logprob[tokenless] = np.nan
+    logger.info("scoring %d responses under the policy model %s", len(positions), model_name)
+    if not positions:
+        return logprob
+    model = load_policy_model(model_name)
+    logprob[positions] = mean_token_logprob(
         model,
         tokenizer,
         [corpus.prompts[corpus.response_prompt[position]] for position in positions],
@@ -187,13 +231,6 @@ def policy_logprob_with_cache(
         batch_size=batch_size,
         max_length=max_length,
     )
-    logprob = np.zeros(corpus.n_responses)
-    logprob[positions] = values
-    if cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache_path.with_suffix(".partial.npz")
-        np.savez(partial, model=np.asarray(model_key), texts_hash=np.asarray(digest), logprob=logprob)
-        partial.replace(cache_path)
     return logprob
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from acquisition import default_novelty_weight
 from acquisition.modes import DEFAULT_MODE_THRESHOLD
+from acquisition.policy import check_policy_name, strategy_uses_policy
 from engine.errors import ConfigError
 from engine.simulator import SimulationSettings, simulate
 from engine.simulator_oracles import DEFAULT_SHARPNESS
@@ -53,9 +54,33 @@ def _check_options_used(options: dict[str, Any], strategies: list[str]) -> None:
         )
 
 
+def _policy_model_used(policy_model: str | None, strategies: list[str]) -> str | None:
+    """Return --policy-model when some strategy scores novelty, else None (with a log line).
+
+    A missing policy folder is rejected either way.
+    """
+    if policy_model is None:
+        return None
+    check_policy_name(policy_model)
+    if any(strategy_uses_policy(name) for name in strategies):
+        return policy_model
+    logger.info(
+        "none of the strategies %s scores novelty, so the policy model %s is not used",
+        ", ".join(strategies), policy_model,
+    )
+    return None
+
+
 def run_from_arguments(args: argparse.Namespace) -> Path:
     """Run the simulation that the parsed `simulate` options describe; return the summary.json path."""
     started = time.perf_counter()
+    strategies = [name.strip() for name in args.strategies.split(",") if name.strip()]
+    repeated = sorted({name for name in strategies if strategies.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"--strategies names {', '.join(repeated)} more than once; name each strategy once")
+    options = parse_options(args.option)
+    _check_options_used(options, strategies)
+    policy_model = _policy_model_used(args.policy_model, strategies)
     spec = SimulationInput(
         outputs=args.outputs,
         oracle=args.oracle,
@@ -67,15 +92,9 @@ def run_from_arguments(args: argparse.Namespace) -> Path:
         tail_chars=args.tail_chars,
         oracle_seed=args.oracle_seed,
         sharpness=DEFAULT_SHARPNESS if args.sharpness is None else args.sharpness,
-        policy_model=args.policy_model,
-        policy_cache=(args.policy_cache or args.out / "policy_logprobs.npz") if args.policy_model else None,
+        policy_model=policy_model,
+        policy_cache=(args.policy_cache or args.out / "policy_logprobs.npz") if policy_model else None,
     )
-    strategies = [name.strip() for name in args.strategies.split(",") if name.strip()]
-    repeated = sorted({name for name in strategies if strategies.count(name) > 1})
-    if repeated:
-        raise ConfigError(f"--strategies names {', '.join(repeated)} more than once; name each strategy once")
-    options = parse_options(args.option)
-    _check_options_used(options, strategies)
     options.setdefault("novelty_weight", default_novelty_weight(spec.mode_field is not None))
     settings = SimulationSettings(
         strategies=strategies,

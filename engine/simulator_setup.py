@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from acquisition.modes import DEFAULT_MODE_THRESHOLD
+from acquisition.policy import check_policy_name
 from engine.errors import InputError
 from engine.response_features import check_mode_field, generator_features, response_modes
 from engine.simulator import SimulationData
@@ -48,6 +49,8 @@ class SimulationInput:
 def build_simulation(spec: SimulationInput) -> tuple[SimulationData, Oracle, SimulationCorpus]:
     """Read, embed (through the cache) and assemble the arrays and oracle of one simulation."""
     check_mode_field(spec.mode_field)  # before the slow steps
+    if spec.policy_model is not None:
+        check_policy_name(spec.policy_model)
     kind, votes_path = parse_oracle(spec.oracle)
     corpus = read_corpus(spec.outputs)
     embeddings = embed_with_cache(

@@ -29,15 +29,19 @@ from engine.simulator_setup import SimulationInput, build_simulation
 from engine.status import format_status, workspace_status
 from engine.store import Store, utc_now
 from engine.workspace import RoundSettings, Workspace
-from test_rounds import SelectionRecorder, make_workspace, output_rows
+from test_rounds import (  # noqa: F401  (recorder and workspace are pytest fixtures)
+    SelectionRecorder,
+    output_rows,
+    recorder,
+    workspace,
+)
 
 EXAMPLE_OUTPUTS = Path(__file__).resolve().parent.parent / "examples" / "outputs.jsonl"
 RESPONSES_PER_PROMPT = 4
 
 
-@pytest.fixture(scope="module")
-def policy_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder containing a tiny random GPT-2 and its tokenizer, as `save_pretrained` writes them."""
+def byte_level_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained in memory on the test outputs, so every text has tokens."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -45,28 +49,24 @@ def policy_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         vocab_size=320, special_tokens=["<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tokenizer.train_from_iterator([row["prompt"] + "\n" + row["response"] for row in output_rows()], trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>")
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>")
 
+
+def save_tiny_gpt2(folder: Path, tokenizer: PreTrainedTokenizerFast, *, n_positions: int = 256) -> Path:
+    """Save a tiny random GPT-2 with `n_positions` positions and `tokenizer` to `folder`; return it."""
     torch.manual_seed(0)
     config = GPT2Config(
-        vocab_size=len(fast), n_positions=256, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0
+        vocab_size=len(tokenizer), n_positions=n_positions, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0
     )
-    folder = tmp_path_factory.mktemp("policy") / "tiny-gpt2"
     GPT2LMHeadModel(config).save_pretrained(folder)
-    fast.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder
 
 
-@pytest.fixture
-def workspace(tmp_path: Path) -> Workspace:
-    return make_workspace(tmp_path / "ws", output_rows())
-
-
-@pytest.fixture
-def recorder(monkeypatch: pytest.MonkeyPatch) -> SelectionRecorder:
-    recorder = SelectionRecorder()
-    monkeypatch.setattr(engine.rounds, "select_batch", recorder)
-    return recorder
+@pytest.fixture(scope="module")
+def policy_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder containing a tiny random GPT-2 (256 positions) and its tokenizer, as `save_pretrained` writes them."""
+    return save_tiny_gpt2(tmp_path_factory.mktemp("policy") / "tiny-gpt2", byte_level_tokenizer())
 
 
 def count_rows(workspace: Workspace, table: str) -> int:
@@ -80,7 +80,7 @@ def round_options(workspace: Workspace) -> dict:
 
 
 def fail_if_loaded(name: str, *, device: str | None = None):
-    raise AssertionError(f"load_policy({name!r}) was called, but every log-probability should be cached")
+    raise AssertionError(f"load_policy_model({name!r}) was called, but every log-probability should be cached")
 
 
 def test_round_pool_gets_policy_logprob(workspace: Workspace, policy_folder: Path, recorder: SelectionRecorder) -> None:
@@ -111,7 +111,7 @@ def test_second_round_reads_cache(
     settings = RoundSettings(policy_model=str(policy_folder))
     with Store(workspace.store_path) as store:
         run_round(workspace, store, budget=4, seed=0, settings=settings)
-        monkeypatch.setattr(engine.rounds, "load_policy", fail_if_loaded)
+        monkeypatch.setattr(engine.rounds, "load_policy_model", fail_if_loaded)
         second = run_round(workspace, store, budget=4, seed=1, settings=settings)
     assert second.round_id == 2
     assert second.policy_computed == 0
@@ -155,7 +155,7 @@ def test_store_without_policy_table(workspace: Workspace, policy_folder: Path) -
 def test_missing_policy_records_nothing(workspace: Workspace, tmp_path: Path) -> None:
     settings = RoundSettings(policy_model=str(tmp_path / "no-such-model"))
     with Store(workspace.store_path) as store:
-        with pytest.raises(ConfigError, match="could not load the policy model"):
+        with pytest.raises(ConfigError, match="policy model folder .* not found"):
             run_round(workspace, store, budget=4, seed=0, settings=settings)
     assert count_rows(workspace, "rounds") == 0
     assert count_rows(workspace, "pairs") == 0
@@ -198,7 +198,7 @@ def test_cli_missing_policy_fails(workspace: Workspace, tmp_path: Path, capsys: 
     status = main(["round", "--workspace", str(workspace.root), "--budget", "2", "--no-push", "--policy-model", str(missing)])
     error = capsys.readouterr().err
     assert status == 1
-    assert f"could not load the policy model {str(missing)!r}" in error
+    assert f"policy model folder {str(missing)!r} not found" in error
     assert count_rows(workspace, "rounds") == 0
 
 
@@ -224,7 +224,7 @@ def test_round_options_hold_settings(workspace: Workspace, policy_folder: Path) 
     assert options["novelty_weight"] == 0.8
     assert options["optimism"] is False
     assert options["policy_model"] == policy_cache_key(str(policy_folder))
-    assert options["policy_max_length"] == 1024
+    assert options["policy_max_length"] == 256  # the default 1024, capped at the model's positions
     assert options["max_per_prompt"] == 2
 
 
@@ -310,7 +310,7 @@ def test_simulation_policy_cache_reused(
 ) -> None:
     cache = tmp_path / "policy.npz"
     first, _, _ = build_simulation(simulation_input(embedding_cache, str(policy_folder), cache))
-    monkeypatch.setattr(acquisition.policy, "load_policy", fail_if_loaded)
+    monkeypatch.setattr(acquisition.policy, "load_policy_model", fail_if_loaded)
     second, _, _ = build_simulation(simulation_input(embedding_cache, str(policy_folder), cache))
     np.testing.assert_array_equal(first.policy_logprob, second.policy_logprob)
 
