@@ -33,6 +33,13 @@ def runs(seeds: int) -> dict[str, list[str]]:
             "--strategies", "hybrid,uncertainty,random",
             "--budget", "300", "--rounds", "16", "--members", "4", "--l2", "0.1", *common,
         ],
+        # random alone, twice as long (9,600 labels), so that every seed reaches the target.
+        "mtbench-random": [
+            "--outputs", str(mtbench.outputs), "--oracle", "bt-synthetic", "--truncate",
+            "--embedding-cache", str(mtbench.cache),
+            "--strategies", "random",
+            "--budget", "300", "--rounds", "32", "--members", "4", "--l2", "0.1", *common,
+        ],
         "math": [
             "--outputs", str(math.outputs), "--oracle", "correctness", "--tail-chars", str(math.tail_chars),
             "--embedding-cache", str(math.cache), "--mode-field", "answer_key", "--generator-feature",
@@ -76,12 +83,14 @@ def _fmt(value: dict, digits: int = 3) -> str:
     if value["mean"] is None:
         return "not reached"
     low, high = value["ci95"]
+    if low is None:
+        return f"{value['mean']:.{digits}f}"
     return f"{value['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("names", nargs="*", default=["mtbench", "math", "math-optimistic", "pandalm"])
+    parser.add_argument("names", nargs="*", default=["mtbench", "mtbench-random", "math", "math-optimistic", "pandalm"])
     parser.add_argument("--seeds", type=int, default=10)
     args = parser.parse_args()
     FIGURES.mkdir(parents=True, exist_ok=True)
