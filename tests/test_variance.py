@@ -210,3 +210,13 @@ def test_map_weights_zero_gradient() -> None:
     p = 1.0 / (1.0 + np.exp(-(diffs @ model.map_weights)))
     gradient = diffs.T @ (p - labels) + model.l2 * model.map_weights
     assert np.abs(gradient).max() < 1e-4
+
+
+
+def test_gain_highest_near_boundary() -> None:
+    """Two pairs reach the target direction equally; the one whose logit is 0 is picked first."""
+    diffs = np.array([[1.0, 0.0, 0.0], [1.0, 3.0, 0.0]])
+    fisher = fisher_weights(diffs, np.array([0.0, 1.0, 0.0]))  # logits 0 and 3
+    target = np.diag([1.0, 0.0, 0.0])
+    rows, _ = greedy_variance_reduction(diffs, fisher, np.eye(3), target, 1)
+    assert rows[0] == 0
