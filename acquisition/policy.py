@@ -264,7 +264,7 @@ def mean_token_logprob(
     scores = np.full(len(sequences), np.nan)
     tokenless = [index for index, (_, n_prompt) in enumerate(sequences) if n_prompt is None]
     if tokenless:
-        logger.warning("%d responses have no tokens, so their log-probability is NaN (positions %s)",
+        logger.warning("responses without tokens get a NaN log-probability: %d (positions %s)",
                        len(tokenless), describe_ids([str(index) for index in tokenless]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device

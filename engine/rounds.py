@@ -30,6 +30,7 @@ from acquisition.policy import (
     strategy_uses_policy,
 )
 from engine.errors import ConfigError, InputError
+from engine.ingest import plural
 from engine.preference import PreferenceModel
 from engine.records import RowProblem, iter_rows
 from engine.response_features import check_mode_field, generator_features, response_modes
@@ -259,7 +260,7 @@ def run_round(
 
     model, decisive_votes = fit_preference_model(store, corpus, seed)
     if len(firsts) == 0:
-        logger.warning("no candidate pairs left; no round recorded")
+        logger.info("no candidate pairs left; no round recorded")
         return RoundReport(
             round_id=None,
             strategy=strategy,
@@ -357,7 +358,7 @@ def check_novelty_weight(value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ConfigError(
             f"--novelty-weight (round.novelty_weight in config.json) is {value!r}, expected a number "
-            "in [0, 1] (0 for uncertainty only, 1 for novelty only), or null for the default."
+            "in [0, 1] (for hybrid, the share of each batch chosen by novelty), or null for the default."
         )
 
 
@@ -430,9 +431,9 @@ def policy_logprobs(store: Store, corpus: Corpus, settings: RoundSettings, promp
         logprob[position] = cached.get(key, np.nan)
     if tokenless:
         logger.warning(
-            "%d responses have no tokens under the tokenizer of %s, so each gets the lowest "
+            "%s without tokens under the tokenizer of %s, so each gets the lowest "
             "log-probability of its prompt's responses: %s",
-            len(tokenless), model_key,
+            plural(len(tokenless), "response"), model_key,
             describe_ids([responses[int(corpus.rows[position])].response_id for position in tokenless]),
         )
         logprob = fill_tokenless(logprob, corpus.prompt_rows)

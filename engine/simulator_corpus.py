@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import InputError
+from engine.ingest import plural
 from engine.records import FieldMap, read_outputs
 
 logger = logging.getLogger(__name__)
@@ -201,9 +202,9 @@ def policy_logprob_with_cache(
     tokenless = np.flatnonzero(np.isnan(logprob))
     if tokenless.size:
         logger.warning(
-            "%d responses have no tokens under the tokenizer of %s, so each gets the lowest "
+            "%s without tokens under the tokenizer of %s, so each gets the lowest "
             "log-probability of its prompt's responses: %s",
-            tokenless.size, model_key, describe_ids([corpus.response_ids[position] for position in tokenless]),
+            plural(int(tokenless.size), "response"), model_key, describe_ids([corpus.response_ids[position] for position in tokenless]),
         )
     return fill_tokenless(logprob, corpus.response_prompt)
 
