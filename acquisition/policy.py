@@ -188,6 +188,7 @@ def cap_max_length(max_length: int, config: Any, tokenizer: Any) -> int:
             f"the policy model accepts at most {limit} token(s), expected at least 2 (one prompt token and "
             "one response token): pass another policy model."
         )
+    logger.info("the policy model accepts at most %d tokens, so max length %d is lowered to %d", limit, max_length, limit)
     return limit
 
 
@@ -217,6 +218,25 @@ def fill_tokenless(logprob: np.ndarray, response_prompt: np.ndarray) -> np.ndarr
         known = filled[members & ~tokenless]
         filled[members & tokenless] = known.min() if known.size else 0.0
     return filled
+
+
+def fill_tokenless_with_warning(
+    logprob: np.ndarray, response_prompt: np.ndarray, response_ids: Sequence[str], model_key: str
+) -> np.ndarray:
+    """Return `fill_tokenless(logprob, response_prompt)`, first warning with the ids of the NaN entries.
+
+    `response_ids` (R,) names each position, so the warning says which responses have no tokens.
+    """
+    tokenless = np.flatnonzero(np.isnan(logprob))
+    if tokenless.size:
+        logger.warning(
+            "responses without tokens under the tokenizer of %s: %d (%s); each gets the lowest "
+            "log-probability of its prompt's responses",
+            model_key,
+            tokenless.size,
+            describe_ids([response_ids[position] for position in tokenless]),
+        )
+    return fill_tokenless(logprob, response_prompt)
 
 
 def describe_ids(ids: Sequence[str], limit: int = 10) -> str:
@@ -254,8 +274,6 @@ def mean_token_logprob(
     if batch_size < 1 or max_length < 2:
         raise ConfigError(f"batch_size {batch_size} and max_length {max_length}: expected >= 1 and >= 2.")
     capped = cap_max_length(max_length, model.config, tokenizer)
-    if capped < max_length:
-        logger.info("max_length %d lowered to %d, the max sequence length of the policy model", max_length, capped)
     started = time.perf_counter()
     sequences = [
         _encode(tokenizer, prompt + separator, response, capped)

@@ -162,9 +162,10 @@ def select_hybrid(
 ) -> Selection:
     """Select a batch by novelty and uncertainty.
 
-    With `uncertainty="variance"`, novelty_weight * k pairs (on average: a fractional part is rounded
-    up with its own probability) are chosen by novelty with the selector, and the rest by greedy variance reduction given those pairs (the prior before the
-    first votes). A pair's score is the novelty or the variance gain of the part that chose it, so
+    With `uncertainty="variance"`, novelty_weight * k pairs are chosen by novelty with the selector.
+    That count is an average, because a fractional part is rounded up with its own probability.
+    The rest of the batch comes from greedy variance reduction given those pairs, with the prior
+    before the first votes. A pair's score is the novelty or the variance gain of the part that chose it, so
     the two parts' scores are on different scales. The part that chose a pair is the one whose
     column (`novelty` or `uncertainty`) is not NaN.
 

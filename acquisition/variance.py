@@ -8,14 +8,14 @@ is f = p (1 - p), adds f x x^T to the posterior precision, so the covariance bec
     C' = C - C x x^T C / (1 / f + x^T C x).
 
 What should shrink is the variance of the logits of the pairs the model will judge later, each
-weighted by its own Fisher weight: tr(A C), with A the mean of f* d* d*^T over target pairs, for
-which a uniform sample of the pool is used. The vote on x lowers tr(A C) by exactly
+weighted by its own Fisher weight. That is tr(A C), with A the mean of f* d* d*^T over target
+pairs. A uniform sample of the pool serves as the target pairs. The vote on x lowers tr(A C) by exactly
 
     gain(x) = x^T C A C x / (1 / f + x^T C x).
 
 The batch is greedy: pick the pair with the largest gain, apply the rank-one update to C, rescore,
-and repeat, so a batch does not spend its labels on one direction of the feature space. Active
-learning knows this criterion as variance reduction, and it is a linearised form of the expected
+and repeat, so a batch does not spend its labels on one direction of the feature space. In active
+learning this criterion is called variance reduction, and it is a linearised form of the expected
 predictive information gain (EPIG). Unlike BALD, it gives little to a pair whose outcome is near
 certain (f small) and little to a pair unlike every target pair.
 
@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # Candidates scored per batch at most (a uniform sample of the pool beyond it). 30,000 pairs of
-# 400 float64 features are 96 MB, and 1,000 picks over them take an estimated 10 s on 2 cores.
+# 384 float64 features are 92 MB, and 1,000 picks over them took about 5 s on 2 cores (see
+# docs/benchmarks.md, Selection time).
 DEFAULT_MAX_CANDIDATES = 30_000
 
 # Target pairs sampled from the pool to build A.

@@ -19,8 +19,7 @@ from acquisition import CandidatePool, default_novelty_weight, get_strategy, sel
 from acquisition.policy import (
     cap_max_length,
     check_policy_name,
-    describe_ids,
-    fill_tokenless,
+    fill_tokenless_with_warning,
     has_tokens,
     load_policy_config,
     load_policy_model,
@@ -30,7 +29,6 @@ from acquisition.policy import (
     strategy_uses_policy,
 )
 from engine.errors import ConfigError, InputError
-from engine.ingest import plural
 from engine.preference import PreferenceModel
 from engine.records import RowProblem, iter_rows
 from engine.response_features import check_mode_field, generator_features, response_modes
@@ -388,11 +386,11 @@ def policy_logprobs(store: Store, corpus: Corpus, settings: RoundSettings, promp
     capping it at the model's limit. The model itself is loaded only when some response is not
     cached yet; one that cannot be loaded raises ConfigError before anything is written. A response
     without tokens is never cached and gets the lowest log-probability of its prompt (see
-    `fill_tokenless`), with a warning naming its id.
+    `fill_tokenless_with_warning`), with a warning naming its id.
     """
     model_key = policy_cache_key(settings.policy_model)
     tokenizer = load_policy_tokenizer(settings.policy_model)
-    max_length = _policy_max_length(settings, tokenizer)
+    max_length = cap_max_length(settings.policy_max_length, load_policy_config(settings.policy_model), tokenizer)
     scored = np.flatnonzero(np.isin(corpus.prompt_rows, prompt_rows))
     prompts = {row: text for row, (_, text) in store.prompt_texts().items()}
     prompt_hashes = {int(row): text_hash(prompts[int(row)]) for row in prompt_rows}
@@ -429,14 +427,11 @@ def policy_logprobs(store: Store, corpus: Corpus, settings: RoundSettings, promp
     logprob = np.zeros(len(corpus.rows))
     for position, key in keys.items():
         logprob[position] = cached.get(key, np.nan)
-    if tokenless:
-        logger.warning(
-            "%s without tokens under the tokenizer of %s, so each gets the lowest "
-            "log-probability of its prompt's responses: %s",
-            plural(len(tokenless), "response"), model_key,
-            describe_ids([responses[int(corpus.rows[position])].response_id for position in tokenless]),
-        )
-        logprob = fill_tokenless(logprob, corpus.prompt_rows)
+    # Only the responses without tokens (NaN) are named in the warning, and they are all in `responses`.
+    response_ids = [""] * len(corpus.rows)
+    for position in tokenless:
+        response_ids[position] = responses[int(corpus.rows[position])].response_id
+    logprob = fill_tokenless_with_warning(logprob, corpus.prompt_rows, response_ids, model_key)
     return PolicyScores(
         logprob=logprob,
         computed=len(to_compute),
@@ -444,17 +439,6 @@ def policy_logprobs(store: Store, corpus: Corpus, settings: RoundSettings, promp
         model_key=model_key,
         max_length=max_length,
     )
-
-
-def _policy_max_length(settings: RoundSettings, tokenizer: object) -> int:
-    """Return --policy-max-length capped at the policy model's position limit, logging a cap."""
-    max_length = cap_max_length(settings.policy_max_length, load_policy_config(settings.policy_model), tokenizer)
-    if max_length < settings.policy_max_length:
-        logger.info(
-            "policy model %s accepts at most %d tokens, so --policy-max-length %d is lowered to %d",
-            settings.policy_model, max_length, settings.policy_max_length, max_length,
-        )
-    return max_length
 
 
 def _drop_unusable(

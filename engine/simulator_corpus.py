@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from engine.errors import InputError
-from engine.ingest import plural
 from engine.records import FieldMap, read_outputs
+from engine.store import text_hash
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def embed_with_cache(
     combination. `tail_chars` cuts each text to its last characters before hashing and embedding.
     """
     pieces = [text_for_embedding(text, tail_chars) for text in texts]
-    hashes = [hashlib.sha256(piece.encode("utf-8")).hexdigest() for piece in pieces]
+    hashes = [text_hash(piece) for piece in pieces]
     cached = _read_cache(cache_path)
 
     missing: dict[str, str] = {}
@@ -146,9 +146,14 @@ def _read_cache(path: Path) -> dict[str, np.ndarray]:
 
 
 def _write_cache(path: Path, cached: dict[str, np.ndarray]) -> None:
+    _save_npz(path, hashes=np.asarray(list(cached)), vectors=np.stack(list(cached.values())))
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write arrays to an .npz through a partial file, so a crash never leaves half a cache."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial.npz")
-    np.savez(partial, hashes=np.asarray(list(cached)), vectors=np.stack(list(cached.values())))
+    np.savez(partial, **arrays)
     partial.replace(path)
 
 
@@ -172,8 +177,7 @@ def policy_logprob_with_cache(
     """
     from acquisition.policy import (
         cap_max_length,
-        describe_ids,
-        fill_tokenless,
+        fill_tokenless_with_warning,
         load_policy_config,
         load_policy_tokenizer,
         policy_cache_key,
@@ -182,9 +186,6 @@ def policy_logprob_with_cache(
     model_key = policy_cache_key(model_name)
     tokenizer = load_policy_tokenizer(model_name)
     capped = cap_max_length(max_length, load_policy_config(model_name), tokenizer)
-    if capped < max_length:
-        logger.info("policy model %s accepts at most %d tokens, so max length %d is lowered to %d",
-                    model_key, capped, max_length, capped)
     digest = _policy_texts_hash(corpus, scored, capped)
     logprob = None
     if cache_path is not None:
@@ -194,19 +195,8 @@ def policy_logprob_with_cache(
     if logprob is None:
         logprob = _score_policy(corpus, scored, model_name, tokenizer, batch_size=batch_size, max_length=capped)
         if cache_path is not None:
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            partial = cache_path.with_suffix(".partial.npz")
-            np.savez(partial, model=np.asarray(model_key), texts_hash=np.asarray(digest), logprob=logprob)
-            partial.replace(cache_path)
-
-    tokenless = np.flatnonzero(np.isnan(logprob))
-    if tokenless.size:
-        logger.warning(
-            "%s without tokens under the tokenizer of %s, so each gets the lowest "
-            "log-probability of its prompt's responses: %s",
-            plural(int(tokenless.size), "response"), model_key, describe_ids([corpus.response_ids[position] for position in tokenless]),
-        )
-    return fill_tokenless(logprob, corpus.response_prompt)
+            _save_npz(cache_path, model=np.asarray(model_key), texts_hash=np.asarray(digest), logprob=logprob)
+    return fill_tokenless_with_warning(logprob, corpus.response_prompt, corpus.response_ids, model_key)
 
 
 def _score_policy(
@@ -240,13 +230,9 @@ def _policy_texts_hash(corpus: SimulationCorpus, scored: np.ndarray, max_length:
     digest = hashlib.sha256(f"max_length={max_length}\n".encode("utf-8"))
     for position, text in enumerate(corpus.texts):
         prompt = corpus.prompts[corpus.response_prompt[position]]
-        line = f"{int(scored[position])} {_sha256(prompt)} {_sha256(text)}\n"
+        line = f"{int(scored[position])} {text_hash(prompt)} {text_hash(text)}\n"
         digest.update(line.encode("utf-8"))
     return digest.hexdigest()
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _read_policy_cache(path: Path, model_key: str, digest: str) -> np.ndarray | None:

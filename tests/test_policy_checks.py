@@ -125,7 +125,7 @@ def test_round_caps_max_length(tmp_path: Path, short_policy: Path, caplog: pytes
     rows = output_rows()
     rows[0]["response"] = "Une réponse bien plus longue que le modèle ne le permet. " * 40
     workspace = make_workspace(tmp_path / "ws", rows)
-    with caplog.at_level(logging.INFO, logger="engine.rounds"), Store(workspace.store_path) as store:
+    with caplog.at_level(logging.INFO), Store(workspace.store_path) as store:
         report = run_round(workspace, store, budget=4, seed=0, settings=RoundSettings(policy_model=str(short_policy)))
     assert report.policy_computed == len(rows)
     assert stored_max_lengths(workspace) == {SHORT_POSITIONS}
